@@ -1,0 +1,119 @@
+"""The backend protocol and registry.
+
+A backend is a compiler + runtime for one family of devices.  Three calls: ``available(profile)``
+says whether it can run here (``None`` = yes, else the reason), ``compile`` turns a torch model
+into an artifact folder, ``load`` turns an artifact into a runner.  Backends are registered by name
+through the ``petra_hw.backends`` entry-point group (ours are declared in pyproject.toml), so a third
+party adds one without touching petra-hw.  Heavy imports happen inside each backend module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from petra_hw.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from petra_hw.artifact import Artifact, InputSpec
+    from petra_hw.profiles import Profile
+    from petra_hw.suite import Split
+
+ENTRY_POINT_GROUP = "petra_hw.backends"
+# Built-ins, also used when the package metadata is absent (running from a bare checkout).
+BUILTIN = {
+    "torch": "backends.torch_backend:TorchBackend",
+    "onnxruntime": "backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "backends.openvino_backend:OpenVinoBackend",
+    "tensorrt": "backends.tensorrt_backend:TensorRTBackend",
+}
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A loaded artifact: maps a float32 batch (numpy) to outputs (numpy)."""
+
+    device: str  # "cpu" or "cuda"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+    def synchronize(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    """Everything a compiler needs besides the model: one value passed to every backend."""
+
+    precision: str
+    out_dir: Path
+    input_spec: InputSpec
+    profile: Profile
+    calib: Split | None = None
+    pipeline: dict | None = None
+    options: tuple[tuple[str, object], ...] = ()
+
+    def option(self, name: str, default: object = None) -> object:
+        return dict(self.options).get(name, default)
+
+
+class Backend(Protocol):
+    name: str
+    precisions: tuple[str, ...]
+
+    def available(self, profile: Profile) -> str | None: ...
+
+    def compile(self, model: nn.Module, request: CompileRequest) -> Artifact: ...
+
+    def load(self, artifact: Artifact, profile: Profile | None = None) -> Runner: ...
+
+
+def _entry_points() -> dict[str, str]:
+    found = dict(BUILTIN)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def backend_names() -> list[str]:
+    return sorted(_entry_points())
+
+
+def get_backend(name: str) -> Backend:
+    target = _entry_points().get(name)
+    if target is None:
+        raise UserError(f"unknown backend '{name}' (known: {', '.join(backend_names())})")
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"backend '{name}' cannot be imported: {exc}") from None
+    return cls()
+
+
+def check_supported(backend: Backend, profile: Profile, precision: str) -> None:
+    """Fail before any work when the profile or backend cannot run this precision."""
+    if backend.name not in profile.backends:
+        raise UserError(
+            f"backend '{backend.name}' is not a backend of device '{profile.name}' "
+            f"({', '.join(profile.backends)})"
+        )
+    if precision not in profile.precisions:
+        raise UserError(
+            f"device '{profile.name}' does not run {precision} "
+            f"(it runs {', '.join(profile.precisions)})"
+        )
+    if precision not in backend.precisions:
+        raise UserError(
+            f"backend '{backend.name}' cannot compile {precision} "
+            f"(it compiles {', '.join(backend.precisions)})"
+        )
+    reason = backend.available(profile)
+    if reason:
+        raise UserError(f"backend '{backend.name}' is not available here: {reason}")

@@ -1,0 +1,65 @@
+"""Arguments and set-up shared by subcommands (suite, device, data dir, seed)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+from pathlib import Path
+
+from petra_hw.console import console, errors
+
+
+def add_suite_args(p: argparse.ArgumentParser, default_suite: str | None = None) -> None:
+    p.add_argument(
+        "--suite",
+        default=default_suite,
+        required=default_suite is None,
+        help="bundled suite name or path to a suite.py",
+    )
+    p.add_argument("--device", default="auto", help="profile name, path to a .toml, or auto")
+    p.add_argument("--data-dir", type=Path, default=None, help="where suites look for data files")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, training and search")
+
+
+def setup(args: argparse.Namespace):
+    """Load suite and profile, refuse a profile this host cannot run, and get the baseline."""
+    from petra_hw.baseline import get_baseline
+    from petra_hw.profiles import check_host, load_profile
+    from petra_hw.suite import load_suite
+
+    profile = load_profile(args.device)
+    for note in check_host(profile):
+        errors.print(f"note: {note}")
+    suite = load_suite(args.suite)
+    with console.status(f"baseline for {suite.name} (trained once, then cached)"):
+        baseline = get_baseline(suite, args.seed, args.data_dir)
+    if not baseline.cached:
+        console.print(
+            f"trained baseline {suite.name}: test {suite.metric.name} = "
+            f"{baseline.metrics['test']:.4f} (val {baseline.metrics['val']:.4f})"
+        )
+    return suite, profile, baseline
+
+
+def fresh_dir(base: Path, stem: str) -> Path:
+    """A new folder under ``base`` that never overwrites an existing one."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = base / f"{stem}-{stamp}"
+    i = 1
+    while path.exists():
+        path = base / f"{stem}-{stamp}-{i}"
+        i += 1
+    path.mkdir(parents=True)
+    return path
+
+
+def new_out_dir(out: Path | None, default_base: Path, stem: str) -> Path:
+    """The user's --out (must not exist or be empty: never overwrite) or a fresh default."""
+    from petra_hw.errors import UserError
+
+    if out is None:
+        return fresh_dir(default_base, stem)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output folder {out} exists and is not empty; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

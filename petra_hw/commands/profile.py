@@ -1,0 +1,115 @@
+"""``petra-hw profile``: measure a suite's baseline on each backend of a device, or re-measure an
+existing artifact folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from petra_hw.commands.common import add_suite_args, new_out_dir, setup
+from petra_hw.console import console, errors, mb, table
+from petra_hw.errors import UserError
+
+COLUMNS = [
+    "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "throughput ips", "size MB",
+    "quality (test)", "noisy",
+]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("profile", help="measure a suite's model per backend, or re-measure ARTIFACT")
+    p.add_argument("artifact", nargs="?", type=Path, help="an artifact folder to re-measure")
+    add_suite_args(p, default_suite="digits")
+    p.add_argument("--backend", action="append", help="limit to these backends (repeatable)")
+    p.add_argument("--precision", action="append", help="limit to these precisions (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the artifacts (new)")
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--fresh-process", action="store_true", help="measure each in a new process")
+    p.set_defaults(func=run)
+
+
+def _rows(assessments) -> list[list[object]]:
+    rows = []
+    for a in assessments:
+        m = a.measurement
+        for s in (m.latency, *[t for t in m.throughput if t.batch_size != 1]):
+            rows.append([
+                m.backend, m.precision, s.batch_size, s.p50_ms, s.p90_ms, s.p99_ms,
+                s.throughput_ips, mb(m.size_bytes), a.quality.get("test"), m.noisy,
+            ])
+    return rows
+
+
+def _remeasure(args: argparse.Namespace) -> int:
+    from petra_hw.artifact import read_artifact
+    from petra_hw.profiler import measure_artifact, measure_fresh_process
+    from petra_hw.profiles import check_host, load_profile
+
+    artifact = read_artifact(args.artifact)
+    profile = load_profile(args.device)
+    check_host(profile)
+    m = (measure_fresh_process if args.fresh_process else measure_artifact)(artifact.path, profile)
+    recorded = artifact.manifest.get("metrics", {}).get("quality", {})
+    rows = [[m.backend, m.precision, s.batch_size, s.p50_ms, s.p90_ms, s.p99_ms, s.throughput_ips,
+             mb(m.size_bytes), recorded.get("test"), m.noisy] for s in (m.latency, *m.throughput)
+            if s is m.latency or s.batch_size != 1]
+    console.print(table(f"{artifact.path} on {profile.name}", COLUMNS, rows))
+    if args.json:
+        args.json.write_text(json.dumps({"artifact": str(artifact.path), "measurement": m.to_json()}, indent=2))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.artifact is not None:
+        return _remeasure(args)
+    from petra_hw.backend import check_supported, get_backend
+    from petra_hw.baseline import predict
+    from petra_hw.evaluate import compile_model, judge
+    from petra_hw.pipeline import Pipeline
+
+    suite, profile, baseline = setup(args)
+    backends = args.backend or list(profile.backends)
+    unknown = [b for b in backends if b not in profile.backends]
+    if unknown:
+        raise UserError(f"backend '{unknown[0]}' is not a backend of device '{profile.name}' ({', '.join(profile.backends)})")
+    plan = []
+    for name in backends:
+        try:
+            backend = get_backend(name)
+            reason = backend.available(profile)
+        except UserError as exc:
+            backend, reason = None, str(exc)
+        if reason:
+            if args.backend:
+                raise UserError(f"backend '{name}' is not available here: {reason}")
+            errors.print(f"skip {name}: {reason}")
+            continue
+        precisions = args.precision or [p for p in backend.precisions if p in profile.precisions]
+        for precision in precisions:
+            check_supported(backend, profile, precision)
+            plan.append((name, precision))
+    if not plan:
+        raise UserError(f"nothing to measure on device '{profile.name}'")
+    out = new_out_dir(args.out, Path("reports"), f"profile-{suite.name}")
+    splits = baseline.splits
+    reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
+    results = []
+    for name, precision in plan:
+        with console.status(f"{name} {precision}: compile, measure, score"):
+            artifact = compile_model(
+                baseline.model, suite, splits, profile, name, precision, out / f"{name}-{precision}",
+                pipeline=Pipeline().to_json(),
+            )
+            results.append(judge(artifact, suite, splits, profile, reference, fresh_process=args.fresh_process or None))
+    console.print(table(f"{suite.name} on {profile.name} ({profile.effective_threads()} threads); quality = test {suite.metric.name} through the artifact", COLUMNS, _rows(results)))
+    console.print(f"artifacts: {out}")
+    if args.json:
+        payload = {
+            "suite": suite.name,
+            "profile": profile.name,
+            "baseline_metrics": baseline.metrics,
+            "results": [{**a.row(), "measurement": a.measurement.to_json()} for a in results],
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0

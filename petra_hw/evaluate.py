@@ -1,0 +1,131 @@
+"""Compile, measure and judge one model on one backend: the unit every command is built from.
+
+``assess`` turns a torch model into an artifact, loads it back through its backend (verifying the
+hashes), measures it with the one profiler, and measures quality *through that runner* on val and
+test, plus parity against the FP32 baseline's outputs.  Everything lands in the manifest too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from petra_hw.artifact import Artifact, InputSpec, read_artifact
+from petra_hw.backend import CompileRequest, get_backend
+from petra_hw.profiler import Measurement, measure, measure_fresh_process
+from petra_hw.profiles import Profile
+from petra_hw.quality import parity, runner_outputs
+from petra_hw.suite import Splits, Suite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Assessment:
+    """An artifact with its measurement, quality through the runner, and parity."""
+
+    artifact: Artifact
+    measurement: Measurement
+    quality: dict[str, float]  # split name -> metric
+    parity: dict[str, float]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict:
+        m = self.measurement
+        return {
+            "backend": m.backend,
+            "precision": m.precision,
+            "latency_ms": m.latency.p50_ms,
+            "latency_p90_ms": m.latency.p90_ms,
+            "latency_p99_ms": m.latency.p99_ms,
+            "throughput_ips": m.throughput_ips,
+            "throughput_batch": max(s.batch_size for s in m.throughput),
+            "size_bytes": m.size_bytes,
+            "noisy": m.noisy,
+            **{f"quality_{k}": v for k, v in self.quality.items()},
+            **self.parity,
+            "artifact": str(self.artifact.path),
+        }
+
+
+def input_spec(suite: Suite) -> InputSpec:
+    return InputSpec("input", (None, *suite.input_shape))
+
+
+def compile_model(
+    model: nn.Module,
+    suite: Suite,
+    splits: Splits,
+    profile: Profile,
+    backend: str,
+    precision: str,
+    out_dir: Path,
+    pipeline: dict | None = None,
+    options: dict | None = None,
+) -> Artifact:
+    """Compile ``model`` with ``backend`` at ``precision`` into ``out_dir`` (calib split for INT8)."""
+    request = CompileRequest(
+        precision=precision,
+        out_dir=Path(out_dir),
+        input_spec=input_spec(suite),
+        profile=profile,
+        calib=splits.calib,
+        pipeline=pipeline,
+        options=tuple(sorted((options or {}).items())),
+    )
+    return get_backend(backend).compile(model.eval(), request)
+
+
+def judge(
+    artifact: Artifact,
+    suite: Suite,
+    splits: Splits,
+    profile: Profile,
+    reference: dict[str, np.ndarray] | None = None,
+    quality_splits: tuple[str, ...] = ("val", "test"),
+    fresh_process: bool | None = None,
+) -> Assessment:
+    """Load, measure, and score an artifact; write the results into its manifest."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    artifact = read_artifact(artifact.path)  # verify hashes, as a deployment would
+    runner = get_backend(artifact.backend).load(artifact, profile)
+    timings["load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    outputs = {name: runner_outputs(runner, splits.by_name(name).x) for name in quality_splits}
+    qual = {n: suite.metric(o, splits.by_name(n).y.numpy()) for n, o in outputs.items()}
+    par: dict[str, float] = {}
+    if reference is not None:
+        name = next(n for n in quality_splits if n in reference)
+        par = parity(outputs[name], reference[name], suite.task)
+    timings["quality_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    fresh = profile.measurement.fresh_process if fresh_process is None else fresh_process
+    if fresh:
+        del runner
+        m = measure_fresh_process(artifact.path, profile)
+    else:
+        m = measure(
+            runner,
+            tuple(suite.input_shape),
+            profile,
+            backend=artifact.backend,
+            precision=artifact.precision,
+            size_bytes=artifact.size_bytes,
+        )
+    timings["measure_s"] = time.perf_counter() - t
+    artifact = artifact.update(
+        metrics={
+            "quality": qual,
+            "metric": suite.metric.name,
+            "parity": par,
+            "measurement": m.to_json(samples=False),
+            "profile": profile.name,
+        }
+    )
+    return Assessment(artifact, m, qual, par, timings)

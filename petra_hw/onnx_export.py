@@ -1,0 +1,44 @@
+"""ONNX export shared by every ONNX-consuming backend (ONNX Runtime, OpenVINO, TensorRT).
+
+We use torch 2.14's default exporter (``dynamo=True``, built on ``torch.export``), opset 18, with a
+dynamic batch axis and ``external_data=False`` so the artifact is one self-contained ``.onnx`` file
+(models here are far below the 2 GB protobuf limit).  Its console progress is silenced: library code
+does not print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from petra_hw.artifact import InputSpec
+
+log = logging.getLogger(__name__)
+OPSET = 18
+
+
+def export_onnx(model: nn.Module, spec: InputSpec, path: Path, output_name: str = "output") -> Path:
+    """Export ``model`` (eval mode, CPU, float32) to ``path`` with a dynamic batch axis."""
+    model = model.eval().cpu()
+    example = torch.zeros(spec.sample_shape(2), dtype=torch.float32)
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[spec.name],
+            output_names=[output_name],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    log.debug("onnx export: %s", sink.getvalue().strip())
+    return path

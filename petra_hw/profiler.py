@@ -1,0 +1,329 @@
+"""One timing harness for every backend.
+
+Warm-up first; then timed iterations with ``time.perf_counter_ns`` (the runner is synchronised
+after each call, which matters on CUDA) until both a minimum count and a minimum time are reached;
+raw samples are kept.  Latency (batch 1) and throughput (each profile batch size) are separate
+measurements.  Measurements never overlap: a machine-wide file lock serialises them across
+processes (local workers, Ray workers on the same host).  CPU load and steal are read from
+/proc/stat around each measurement; a noisy one is repeated, and flagged if it stays noisy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from petra_hw.profiles import MeasureSettings, Profile
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], int]
+LOCK_PATH = Path(os.environ.get("PETRA_HW_LOCK", Path(tempfile.gettempdir()) / "petra-hw-measure.lock"))
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of raw per-iteration samples for one batch size."""
+
+    batch_size: int
+    samples_ms: tuple[float, ...]
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    stdev_ms: float
+    min_ms: float
+    cv: float
+    throughput_ips: float
+
+    @staticmethod
+    def from_samples(batch_size: int, samples_ns: list[int]) -> LatencyStats:
+        if not samples_ns:
+            raise ValueError("no timing samples")
+        ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+        mean = float(ms.mean())
+        stdev = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+        p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
+        return LatencyStats(
+            batch_size=batch_size,
+            samples_ms=tuple(float(v) for v in ms),
+            p50_ms=p50,
+            p90_ms=p90,
+            p99_ms=p99,
+            mean_ms=mean,
+            stdev_ms=stdev,
+            min_ms=float(ms.min()),
+            cv=stdev / mean if mean > 0 else 0.0,
+            throughput_ips=batch_size / (p50 / 1e3) if p50 > 0 else float("inf"),
+        )
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("samples_ms")
+        d["n"] = len(self.samples_ms)
+        return d
+
+
+@dataclass(frozen=True)
+class HostLoad:
+    """CPU activity around a measurement: the share of all cores busy with *other* work, and
+    the share stolen by the hypervisor."""
+
+    other_busy_frac: float
+    steal_frac: float
+    loadavg_before: float
+    loadavg_after: float
+
+
+@dataclass(frozen=True)
+class Measurement:
+    backend: str
+    precision: str
+    device: str
+    threads: int
+    latency: LatencyStats
+    throughput: tuple[LatencyStats, ...]
+    size_bytes: int
+    peak_rss_bytes: int
+    load: tuple[HostLoad, ...]
+    noisy: bool
+    repeats: int
+    settings: dict
+    energy_j: float | None = None  # per inference at batch 1, where the device reports power
+    gpu: dict = field(default_factory=dict)
+    fresh_process: bool = False
+
+    @property
+    def latency_ms(self) -> float:
+        return self.latency.p50_ms
+
+    @property
+    def throughput_ips(self) -> float:
+        """Throughput at the largest profile batch size."""
+        best = max(self.throughput, key=lambda s: s.batch_size, default=self.latency)
+        return best.throughput_ips
+
+    def to_json(self, samples: bool = True) -> dict:
+        d = asdict(self)
+        if not samples:
+            d["latency"].pop("samples_ms")
+            for t in d["throughput"]:
+                t.pop("samples_ms")
+        d["latency_ms"] = self.latency_ms
+        d["throughput_ips"] = self.throughput_ips
+        return d
+
+    @staticmethod
+    def from_json(d: dict) -> Measurement:
+        def stats(s: dict) -> LatencyStats:
+            return LatencyStats(**{**s, "samples_ms": tuple(s.get("samples_ms", ()))})
+
+        return Measurement(
+            backend=d["backend"],
+            precision=d["precision"],
+            device=d["device"],
+            threads=d["threads"],
+            latency=stats(d["latency"]),
+            throughput=tuple(stats(s) for s in d["throughput"]),
+            size_bytes=d["size_bytes"],
+            peak_rss_bytes=d["peak_rss_bytes"],
+            load=tuple(HostLoad(**h) for h in d["load"]),
+            noisy=d["noisy"],
+            repeats=d["repeats"],
+            settings=d["settings"],
+            energy_j=d.get("energy_j"),
+            gpu=d.get("gpu", {}),
+            fresh_process=d.get("fresh_process", False),
+        )
+
+
+@contextlib.contextmanager
+def exclusive(path: Path = LOCK_PATH) -> Iterator[None]:
+    """Hold the machine-wide measurement lock (blocks until no other measurement runs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _proc_stat() -> tuple[int, int, int] | None:
+    """(busy, steal, total) jiffies over all CPUs, or None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    v = [int(x) for x in fields]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    steal = v[7] if len(v) > 7 else 0
+    total = sum(v[:8])
+    return total - idle - steal, steal, total
+
+
+@contextlib.contextmanager
+def watch_load(out: list[HostLoad]) -> Iterator[None]:
+    before, cpu0 = _proc_stat(), os.times()
+    la0 = os.getloadavg()[0]
+    yield
+    after, cpu1 = _proc_stat(), os.times()
+    la1 = os.getloadavg()[0]
+    if before is None or after is None:
+        out.append(HostLoad(0.0, 0.0, la0, la1))
+        return
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy, steal, total = (a - b for a, b in zip(after, before))
+    own = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * ticks
+    total = max(total, 1)
+    out.append(HostLoad(max(0.0, (busy - own) / total), steal / total, la0, la1))
+
+
+def time_batches(
+    runner,
+    x: np.ndarray,
+    settings: MeasureSettings,
+    clock: Clock = time.perf_counter_ns,
+) -> list[int]:
+    """Warm up, then time ``runner(x)`` until min_iters and min_time_s are both reached
+    (or max_time_s has passed); returns raw nanoseconds per iteration."""
+    for _ in range(settings.warmup_iters):
+        runner(x)
+    runner.synchronize()
+    samples: list[int] = []
+    start = clock()
+    min_ns, max_ns = settings.min_time_s * 1e9, settings.max_time_s * 1e9
+    while True:
+        t0 = clock()
+        runner(x)
+        runner.synchronize()
+        t1 = clock()
+        samples.append(t1 - t0)
+        elapsed = t1 - start
+        if len(samples) >= settings.min_iters and elapsed >= min_ns:
+            break
+        if elapsed >= max_ns and len(samples) >= 3:
+            break
+    return samples
+
+
+def _noisy(stats: list[LatencyStats], loads: list[HostLoad], settings: MeasureSettings) -> bool:
+    return any(s.cv > settings.max_cv for s in stats) or any(
+        h.other_busy_frac > 0.25 or h.steal_frac > 0.05 for h in loads
+    )
+
+
+def measure(
+    runner,
+    input_shape: tuple[int, ...],
+    profile: Profile,
+    *,
+    backend: str,
+    precision: str,
+    size_bytes: int,
+    clock: Clock = time.perf_counter_ns,
+    seed: int = 0,
+) -> Measurement:
+    """Measure latency at batch 1 and throughput at each profile batch size, under the lock."""
+    settings = profile.measurement
+    rng = np.random.default_rng(seed)
+    batches = sorted(set(profile.batch_sizes) | {1})
+    repeats, stats, loads = 0, [], []
+    sampler = None
+    if profile.is_gpu and profile.nvml:
+        from petra_hw.nvml import NvmlSampler
+
+        sampler = NvmlSampler()
+    energy_j = None
+    gpu: dict = {}
+    while True:
+        stats, loads = [], []
+        with exclusive():
+            for b in batches:
+                x = rng.standard_normal((b, *input_shape)).astype(np.float32)
+                with watch_load(loads):
+                    if sampler is not None and b == 1:
+                        with sampler:
+                            samples = time_batches(runner, x, settings, clock)
+                        energy_j, gpu = sampler.energy_per_call(len(samples) + settings.warmup_iters), sampler.summary()
+                    else:
+                        samples = time_batches(runner, x, settings, clock)
+                stats.append(LatencyStats.from_samples(b, samples))
+        noisy = _noisy(stats, loads, settings)
+        if not noisy or repeats >= settings.repeats_if_noisy:
+            break
+        repeats += 1
+        log.warning("noisy measurement of %s/%s (repeat %d)", backend, precision, repeats)
+    by_batch = {s.batch_size: s for s in stats}
+    return Measurement(
+        backend=backend,
+        precision=precision,
+        device=getattr(runner, "device", "cpu"),
+        threads=profile.effective_threads(),
+        latency=by_batch[1],
+        throughput=tuple(by_batch[b] for b in batches if b in profile.batch_sizes and b != 1)
+        or (by_batch[1],),
+        size_bytes=size_bytes,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        load=tuple(loads),
+        noisy=noisy,
+        repeats=repeats,
+        settings=asdict(settings),
+        energy_j=energy_j,
+        gpu=gpu,
+    )
+
+
+def measure_artifact(artifact_path: str | Path, profile: Profile, seed: int = 0) -> Measurement:
+    """Load an artifact and measure it in this process."""
+    from petra_hw.artifact import read_artifact
+    from petra_hw.backend import get_backend
+
+    artifact = read_artifact(artifact_path)
+    runner = get_backend(artifact.backend).load(artifact, profile)
+    return measure(
+        runner,
+        artifact.input_spec.sample_shape(1)[1:],
+        profile,
+        backend=artifact.backend,
+        precision=artifact.precision,
+        size_bytes=artifact.size_bytes,
+        seed=seed,
+    )
+
+
+def measure_fresh_process(artifact_path: str | Path, profile: Profile, timeout_s: float = 600) -> Measurement:
+    """Measure in a new interpreter, so allocator state, caches and peak RSS are the artifact's own."""
+    cmd = [sys.executable, "-m", "petra_hw.profiler", str(artifact_path), profile.source or profile.name]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"measurement process failed ({proc.returncode}): {tail[0]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Measurement.from_json({**data, "fresh_process": True})
+
+
+def _main(argv: list[str]) -> int:
+    from petra_hw.profiles import load_profile
+
+    artifact, profile = argv
+    m = measure_artifact(artifact, load_profile(profile))
+    sys.stdout.write(json.dumps(m.to_json()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -1,0 +1,208 @@
+"""Suites: a user's model + data + metric, declared in one Python file.
+
+A suite file defines one module-level ``SUITE = Suite(...)``.  Bundled suites live in
+``suites/<name>/suite.py`` (``-`` in a name maps to ``_`` in the folder); any other file is given by
+path.  Splits are deterministic and disjoint; which split serves which purpose is fixed by the
+architecture: train/calib for fitting and calibration, val for the search, test for reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from petra_hw.errors import UserError
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs and targets of one split, as CPU tensors (small enough for memory here)."""
+
+    x: "torch.Tensor"  # noqa: F821 - torch is imported lazily
+    y: "torch.Tensor"  # noqa: F821
+    ids: np.ndarray | None = None  # source row/sample ids, used to prove disjointness
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    calib: Split
+    val: Split
+    test: Split
+
+    def by_name(self, name: str) -> Split:
+        if name not in ("train", "calib", "val", "test"):
+            raise UserError(f"unknown split '{name}' (train, calib, val, test)")
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A quality metric over model outputs and targets (both numpy)."""
+
+    name: str
+    higher_is_better: bool
+    fn: Callable[[np.ndarray, np.ndarray], float]
+
+    def __call__(self, outputs: np.ndarray, targets: np.ndarray) -> float:
+        return float(self.fn(outputs, targets))
+
+
+def _accuracy(outputs: np.ndarray, targets: np.ndarray) -> float:
+    return float((outputs.argmax(axis=1) == targets).mean())
+
+
+def _rmse(outputs: np.ndarray, targets: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((outputs.reshape(targets.shape) - targets) ** 2)))
+
+
+ACCURACY = Metric("accuracy", True, _accuracy)
+RMSE = Metric("rmse", False, _rmse)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the suite's baseline is trained (once, then cached)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataContext:
+    """Where a suite looks for files and which seed fixes its splits."""
+
+    data_dir: Path | None
+    seed: int
+
+    def find(self, relative: str, hint: str) -> Path:
+        """Resolve ``relative`` under --data-dir, $PETRA_DATA_DIR, then ../shared/data."""
+        return find_data(relative, hint, self.data_dir)
+
+
+def data_roots(data_dir: Path | None) -> list[Path]:
+    roots: list[Path] = []
+    if data_dir is not None:
+        roots.append(Path(data_dir))
+    if os.environ.get("PETRA_DATA_DIR"):
+        roots.append(Path(os.environ["PETRA_DATA_DIR"]))
+    roots.append(Path.cwd() / ".." / "shared" / "data")
+    roots.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    return roots
+
+
+def find_data(relative: str, hint: str, data_dir: Path | None) -> Path:
+    seen: list[str] = []
+    for root in data_roots(data_dir):
+        candidate = root / relative
+        if candidate.exists():
+            return candidate
+        seen.append(str(candidate.resolve()))
+    raise UserError(f"data not found: looked for {'; '.join(dict.fromkeys(seen))}. {hint}")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Everything petra-hw needs to know about one user task."""
+
+    name: str
+    task: Task
+    build_model: Callable[[], "torch.nn.Module"]  # noqa: F821
+    load_splits: Callable[[DataContext], Splits]
+    metric: Metric
+    input_shape: tuple[int, ...]
+    train: TrainConfig = field(default_factory=TrainConfig)
+    description: str = ""
+    num_outputs: int = 0
+    source: str = ""  # path of the suite file; set by the loader
+
+    @property
+    def default_loss(self) -> str:
+        return "cross_entropy" if self.task == "classification" else "mse"
+
+    def example_input(self, batch: int = 1) -> "torch.Tensor":  # noqa: F821
+        import torch
+
+        return torch.zeros((batch, *self.input_shape), dtype=torch.float32)
+
+    def code_version(self) -> str:
+        """Hash of the suite file and petra-hw's version: part of the baseline cache key."""
+        from petra_hw import __version__
+
+        h = hashlib.sha256(__version__.encode())
+        if self.source and Path(self.source).exists():
+            h.update(Path(self.source).read_bytes())
+        return h.hexdigest()[:12]
+
+
+BUNDLED = ("digits", "cifar10-resnet20", "cifar10-resnet18")
+
+
+def bundled_names() -> list[str]:
+    """Bundled suite names: folders of the ``suites`` package holding a suite.py."""
+    import suites
+
+    root = Path(suites.__file__).parent
+    return sorted(p.parent.name.replace("_", "-") for p in root.glob("*/suite.py"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Load a bundled suite by name or a user suite file by path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise UserError(f"suite file not found: {name_or_path}")
+        spec = importlib.util.spec_from_file_location(f"petra_user_suite_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        try:
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as exc:  # a user's file: report, never a traceback
+            raise UserError(f"cannot load suite file {path}: {type(exc).__name__}: {exc}") from None
+        source = str(path.resolve())
+    else:
+        if name_or_path not in bundled_names():
+            raise UserError(
+                f"unknown suite '{name_or_path}' (bundled: {', '.join(bundled_names())}; "
+                "or give a path to a suite.py)"
+            )
+        module = importlib.import_module(f"suites.{name_or_path.replace('-', '_')}.suite")
+        source = module.__file__ or ""
+    suite = getattr(module, "SUITE", None)
+    if not isinstance(suite, Suite):
+        raise UserError(f"suite file {source or name_or_path} defines no SUITE = Suite(...)")
+    return dataclasses.replace(suite, source=source)
+
+
+def stratified_split(
+    y: np.ndarray, fractions: tuple[float, ...], seed: int
+) -> list[np.ndarray]:
+    """Deterministic, disjoint, class-stratified index sets whose sizes follow ``fractions``.
+
+    Stratifying keeps small splits (calib, val) representative of every class.
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    groups = np.unique(y) if y.dtype.kind in "iub" else [None]
+    for g in groups:
+        idx = np.flatnonzero(y == g) if g is not None else np.arange(len(y))
+        idx = rng.permutation(idx)
+        bounds = np.round(np.cumsum(fractions) / sum(fractions) * len(idx)).astype(int)
+        for i, (lo, hi) in enumerate(zip(np.r_[0, bounds[:-1]], bounds)):
+            parts[i].append(idx[lo:hi])
+    return [np.sort(np.concatenate(p)) for p in parts]

@@ -1,0 +1,161 @@
+"""The one training loop: baseline training, Tr, Reg and QAT all go through ``train``.
+
+Early stopping monitors a held-out slice of *train* (or the calib split), never val or test, so the
+split that judges a candidate is never fitted on.  A NaN or infinite loss ends training with
+``TrainingError``, which the evaluator records as the candidate's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from petra_hw.suite import Split
+
+log = logging.getLogger(__name__)
+
+ExtraLoss = Callable[[nn.Module], torch.Tensor]
+
+
+class TrainingError(RuntimeError):
+    """Training diverged (NaN/inf loss) or was cut; the message says which and when."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    epochs_run: int
+    final_loss: float
+    monitor_history: tuple[float, ...]
+    stopped_early: bool
+    wall_s: float
+
+
+def make_loss(name: str, default: str) -> nn.Module:
+    """Map a pipeline's loss setting to a torch loss; 'default' is the suite's own."""
+    name = default if name == "default" else name
+    losses: dict[str, Callable[[], nn.Module]] = {
+        "cross_entropy": nn.CrossEntropyLoss,
+        "label_smoothing": lambda: nn.CrossEntropyLoss(label_smoothing=0.1),
+        "mse": nn.MSELoss,
+        "huber": nn.HuberLoss,
+    }
+    if name not in losses:
+        raise ValueError(f"unknown loss {name!r}")
+    return losses[name]()
+
+
+def make_optimizer(
+    name: str, params, lr: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _target(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        return loss_fn(out, y.long())
+    return loss_fn(out.reshape(y.shape), y.float())
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, split: Split, loss_fn: nn.Module, batch_size: int = 256) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(split), batch_size):
+        x, y = split.x[i : i + batch_size], split.y[i : i + batch_size]
+        total += float(_target(loss_fn, model(x), y)) * len(x)
+        n += len(x)
+    return total / max(n, 1)
+
+
+def train(
+    model: nn.Module,
+    data: Split,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    loss: str = "default",
+    default_loss: str = "cross_entropy",
+    seed: int = 0,
+    extra_loss: ExtraLoss | None = None,
+    monitor: Split | None = None,
+    patience: int = 3,
+    schedule: str = "cosine",
+    epoch_callback: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``data``.
+
+    ``extra_loss(model)`` adds a regularizer (Reg); ``monitor`` is the early-stopping split (a
+    slice of train or calib); ``epoch_callback(epoch, monitor_loss)`` may raise ``TrainingError``
+    to cut a hopeless candidate after its first epoch.
+    """
+    import time
+
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = make_loss(loss, default_loss)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(optimizer, params, lr, weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(data) / batch_size))
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+        if schedule == "cosine"
+        else None
+    )
+    history: list[float] = []
+    best, bad, best_state = math.inf, 0, None
+    last = math.nan
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(data), generator=gen)
+        for i in range(0, len(data), batch_size):
+            idx = order[i : i + batch_size]
+            if len(idx) < 2 and len(data) > 1:
+                continue  # BatchNorm cannot train on a batch of one
+            x, y = data.x[idx], data.y[idx]
+            value = _target(loss_fn, model(x), y)
+            if extra_loss is not None:
+                value = value + extra_loss(model)
+            if not torch.isfinite(value):
+                raise TrainingError(f"non-finite loss at epoch {epoch}, step {i // batch_size}")
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            last = float(value.detach())
+        if monitor is not None and len(monitor) > 0:
+            m = evaluate_loss(model, monitor, loss_fn)
+            if not np.isfinite(m):
+                raise TrainingError(f"non-finite monitor loss at epoch {epoch}")
+            history.append(m)
+            if epoch_callback is not None:
+                epoch_callback(epoch, m)
+            if m < best - 1e-6:
+                best, bad = m, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= patience:
+                    log.info("early stop at epoch %d (monitor loss %.4f)", epoch, m)
+                    break
+    stopped = epoch < epochs
+    if best_state is not None and history and history[-1] > best:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(epoch, last, tuple(history), stopped, time.perf_counter() - start)

@@ -1,0 +1,1 @@
+"""Hardware profiles as TOML data files; a package only so that an installed wheel carries them."""

@@ -1,0 +1,34 @@
+"""cifar10-resnet18: the paper's CIFAR model.
+
+torchvision's resnet18 with 10 classes and the CIFAR stem: a 3x3 stride-1 first convolution and no
+max-pool, so 32x32 inputs keep their resolution through the first stage.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from petra_hw.suite import ACCURACY, Suite, TrainConfig
+from suites._cifar import load_cifar10
+
+
+def build_resnet18() -> nn.Module:
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+SUITE = Suite(
+    name="cifar10-resnet18",
+    task="classification",
+    build_model=build_resnet18,
+    load_splits=load_cifar10,
+    metric=ACCURACY,
+    input_shape=(3, 32, 32),
+    train=TrainConfig(epochs=8, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=5e-4),
+    description="real CIFAR-10 (subset or full), torchvision ResNet-18 with the CIFAR stem",
+    num_outputs=10,
+)
