@@ -1,0 +1,1 @@
+"""The hardware-aware search: space, variation, selection, strategies, and the tune loop."""

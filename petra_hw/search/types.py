@@ -1,0 +1,75 @@
+"""Value types passed between the search boxes (strategy, executor, store, report).
+
+An ``Evaluation`` is one candidate pipeline on one profile: objectives measured through its
+compiled artifact, or an ``error`` saying why there are none.  Errors are data: the search
+records them and goes on, in the manner of TVM meta_schedule's ``RunnerResult(run_secs, error_msg)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from petra_hw.pipeline import Pipeline
+
+# Objective name -> True when larger is better.  Quality's direction comes from the suite metric.
+OBJECTIVE_DIRECTIONS: dict[str, bool] = {
+    "latency_ms": False,
+    "throughput_ips": True,
+    "size_bytes": False,
+    "energy_j": False,
+    "complexity": False,
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pipeline the strategy asks to evaluate, with where it came from."""
+
+    pipeline: Pipeline
+    generation: int = 0
+    parent: str | None = None  # parent's pipeline hash
+    operator: str | None = None  # mutation operator that produced it
+
+    @property
+    def id(self) -> str:
+        return self.pipeline.hash
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    candidate: Candidate
+    objectives: dict[str, float] = field(default_factory=dict)  # raw values, units in names
+    quality: dict[str, float] = field(default_factory=dict)  # split -> metric, via the artifact
+    parity: dict[str, float] = field(default_factory=dict)
+    measurement: dict[str, Any] | None = None  # Measurement.to_json()
+    artifact: str | None = None
+    precision: str = ""
+    backend: str = ""
+    error: str | None = None
+    error_kind: str | None = None  # "step", "compile", "nan", "timeout", "crash", "cut", ...
+    timings_s: dict[str, float] = field(default_factory=dict)
+    feasible: bool = True
+    cache_hit_steps: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["candidate"] = {
+            "pipeline": self.candidate.pipeline.to_json(),
+            "pipeline_text": str(self.candidate.pipeline),
+            "id": self.candidate.id,
+            "generation": self.candidate.generation,
+            "parent": self.candidate.parent,
+            "operator": self.candidate.operator,
+        }
+        return d
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Evaluation:
+        c = d["candidate"]
+        cand = Candidate(Pipeline.from_json(c["pipeline"]), c["generation"], c["parent"], c["operator"])
+        return Evaluation(**{**d, "candidate": cand})
