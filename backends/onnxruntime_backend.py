@@ -1,11 +1,17 @@
-"""onnxruntime backend: an ONNX export run by ONNX Runtime.
+"""onnxruntime backend: an ONNX export run by ONNX Runtime, at FP32, INT8 or (GPU) FP16.
 
 CPU execution provider with the profile's thread count; on GPU profiles the CUDA execution
 provider, with a hard error if ONNX Runtime silently falls back to CPU (``onnxruntime-gpu`` imports
-fine without a GPU and then runs everything on the CPU).
+fine without a GPU and then runs everything on the CPU).  INT8 is static QDQ (PTQ), dynamic (PDQ)
+or the QAT model's own QDQ (see ``backends.ort_quantize``).  On CPU the artifact holds ORT's
+optimized graph, so what is shipped, counted and measured is what runs.
 """
 
 from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from torch import nn
@@ -31,7 +37,11 @@ class OrtRunner:
 
 
 def providers_for(profile: Profile | None) -> list[str]:
-    return ["CUDAExecutionProvider"] if profile is not None and profile.is_gpu else ["CPUExecutionProvider"]
+    return (
+        ["CUDAExecutionProvider"]
+        if profile is not None and profile.is_gpu
+        else ["CPUExecutionProvider"]
+    )
 
 
 def session_options(profile: Profile | None):
@@ -60,9 +70,32 @@ def make_session(path: str, profile: Profile | None):
     return session
 
 
+def _transform(src: Path, dst: Path, request: CompileRequest) -> dict[str, object]:
+    """Turn the FP32 export ``src`` into the model at the request's precision in ``dst``."""
+    from backends import ort_quantize as q
+
+    if request.precision == "fp32":
+        shutil.copyfile(src, dst)
+        return {}
+    if request.precision == "fp16":
+        if not request.profile.is_gpu:
+            raise ValueError("onnxruntime fp16 is compiled for GPU profiles only")
+        return {"fp16": q.to_fp16(src, dst)}
+    mode = str(request.option("int8_mode", "static") or "static")
+    if mode == "static":
+        return {"quantization": q.quantize_static_qdq(src, dst, request)}
+    if mode == "dynamic":
+        return {"quantization": q.quantize_dynamic_int8(src, dst, request)}
+    if mode == "qat":
+        info = q.check_qdq(src)
+        shutil.copyfile(src, dst)
+        return {"quantization": info}
+    raise ValueError(f"unknown int8_mode {mode!r} (static, dynamic, qat)")
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8", "fp16")
 
     def available(self, profile: Profile) -> str | None:
         try:
@@ -80,8 +113,31 @@ class OnnxRuntimeBackend:
         return None
 
     def compile(self, model: nn.Module, request: CompileRequest) -> Artifact:
+        import onnxruntime as ort
+
+        from backends import ort_quantize as q
+
+        if request.precision not in self.precisions:
+            raise ValueError(f"onnxruntime cannot compile {request.precision}")
         request.out_dir.mkdir(parents=True, exist_ok=True)
-        export_onnx(model, request.input_spec, request.out_dir / MODEL_FILE)
+        target = request.out_dir / MODEL_FILE
+        with tempfile.TemporaryDirectory(prefix="petra-ort-") as tmp:
+            # TensorRT (GPU) parses only signed INT8 Q/DQ; ORT on CPU fuses U8 activations too.
+            export = export_onnx(
+                model, request.input_spec, Path(tmp) / "export.onnx", signed_qdq=request.profile.is_gpu
+            )
+            converted = Path(tmp) / "converted.onnx"
+            info = _transform(export, converted, request)
+            if request.profile.is_gpu:
+                # CUDA/TensorRT fuse QDQ and pick kernels at load on the GPU host itself.
+                shutil.copyfile(converted, target)
+                level, graph = "none (execution provider optimizes at load)", "stored"
+            else:
+                level = q.optimize(converted, target, request.profile.effective_threads())
+                graph = "ort-optimized"
+        counts = q.op_counts(target, graph)
+        if counts["by_type"].get("ConvInteger"):
+            info["quantization"]["note"] = q.DYNAMIC_CONV_NOTE
         return write_artifact(
             request.out_dir,
             backend=self.name,
@@ -89,7 +145,13 @@ class OnnxRuntimeBackend:
             files=[MODEL_FILE],
             input_spec=request.input_spec,
             pipeline=request.pipeline,
-            extra={"providers": providers_for(request.profile)},
+            extra={
+                "providers": providers_for(request.profile),
+                "onnxruntime": {"version": ort.__version__, "saved_optimization": level},
+                "op_counts": counts,
+                "size_bytes": target.stat().st_size,
+                **info,
+            },
         )
 
     def load(self, artifact: Artifact, profile: Profile | None = None) -> OrtRunner:

@@ -31,6 +31,7 @@ from petra_hw.profiles import MeasureSettings, Profile
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
+MAX_SAMPLES = 200_000  # bounds memory even if a clock misbehaves
 LOCK_PATH = Path(os.environ.get("PETRA_HW_LOCK", Path(tempfile.gettempdir()) / "petra-hw-measure.lock"))
 
 
@@ -215,7 +216,7 @@ def time_batches(
         elapsed = t1 - start
         if len(samples) >= settings.min_iters and elapsed >= min_ns:
             break
-        if elapsed >= max_ns and len(samples) >= 3:
+        if (elapsed >= max_ns and len(samples) >= 3) or len(samples) >= MAX_SAMPLES:
             break
     return samples
 

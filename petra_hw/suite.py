@@ -102,8 +102,7 @@ def data_roots(data_dir: Path | None) -> list[Path]:
         roots.append(Path(data_dir))
     if os.environ.get("PETRA_DATA_DIR"):
         roots.append(Path(os.environ["PETRA_DATA_DIR"]))
-    roots.append(Path.cwd() / ".." / "shared" / "data")
-    roots.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    roots.append(Path.cwd().parent / "shared" / "data")
     return roots
 
 

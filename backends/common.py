@@ -1,0 +1,67 @@
+"""What the CPU compilers share: per-backend profile settings, host CPU flags, calibration batches.
+
+A profile TOML may carry an optional table per backend (``[onnxruntime]``, ``[openvino]``) with
+compiler settings that depend on the device (quantization types, performance hint).  ``Profile``
+keeps its own schema small, so backends read their table from the profile's source file here.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from petra_hw.errors import UserError
+from petra_hw.profiles import Profile
+from petra_hw.suite import Split
+
+# Instructions that give x86 int8 dot products without the u8*s8 16-bit saturation of AVX2.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def backend_settings(profile: Profile | None, backend: str) -> dict[str, object]:
+    """The profile's optional ``[backend]`` table (empty when the profile has none)."""
+    if profile is None or not profile.source or not Path(profile.source).is_file():
+        return {}
+    table = tomllib.loads(Path(profile.source).read_text()).get(backend, {})
+    if not isinstance(table, dict):
+        raise UserError(f"profile {profile.source}: [{backend}] must be a table")
+    return table
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This host's CPU feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_vnni() -> bool:
+    return platform.machine() in ("x86_64", "AMD64") and bool(cpu_flags() & VNNI_FLAGS)
+
+
+def calib_batches(calib: Split | None, batch_size: int = 32) -> list[np.ndarray]:
+    """The calib split as equal-sized float32 batches.
+
+    Histogram calibrators (entropy, percentile) stack per-batch outputs and fail on a short last
+    batch, so that batch is completed with samples from the start of the split.
+    """
+    if calib is None or len(calib) == 0:
+        raise ValueError("INT8 static quantization needs a non-empty calib split")
+    x = calib.x.numpy().astype(np.float32, copy=False)
+    bs = min(batch_size, len(x))
+    batches = []
+    for i in range(0, len(x), bs):
+        b = x[i : i + bs]
+        if len(b) < bs:
+            b = np.concatenate([b, x[: bs - len(b)]])
+        batches.append(np.ascontiguousarray(b))
+    return batches

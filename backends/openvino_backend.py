@@ -1,0 +1,240 @@
+"""openvino backend: OpenVINO IR run by the CPU plugin, at FP32, BF16 or INT8 (NNCF).
+
+The IR is converted from the shared ONNX export (``petra_hw.onnx_export``), not from the torch
+module: every ONNX-consuming backend then compiles the same graph, and a QAT model's QDQ pairs
+arrive as ``FakeQuantize`` ops that the CPU plugin runs in int8.  INT8 static is NNCF
+post-training quantization of the IR over the calib split.
+
+The CPU plugin picks its own inference precision (BF16 where the CPU has it) unless told, so
+every compile names ``INFERENCE_PRECISION_HINT`` (f32 for fp32 and for the float parts of int8,
+bf16 for bf16) and the artifact records the precision the compiled model reports and the
+per-op runtime precisions of its execution graph.  ``PERFORMANCE_HINT`` is LATENCY: the runner
+serves one synchronous request at a time (batch 1 and batch N alike); THROUGHPUT would split the
+cores into streams that only several requests in flight can fill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from backends.common import backend_settings, calib_batches
+from petra_hw.artifact import Artifact, write_artifact
+from petra_hw.backend import CompileRequest
+from petra_hw.errors import UserError
+from petra_hw.onnx_export import export_onnx
+from petra_hw.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.xml"
+WEIGHTS_FILE = "model.bin"
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: precision of the float parts
+PRESETS = ("performance", "mixed")
+# The CPU plugin's compute layers (execution-graph layer types); their runtime precision says
+# whether they run in integer.
+COMPUTE_LAYERS = frozenset(
+    {
+        "Convolution",
+        "GroupConvolution",
+        "Deconvolution",
+        "FullyConnected",
+        "MatMul",
+        "RNNSeq",
+        "RNNCell",
+    }
+)
+INT_PRECISIONS = frozenset({"u8", "i8"})
+
+
+@functools.cache
+def cpu_capabilities() -> tuple[str, ...]:
+    import openvino as ov
+
+    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def compile_config(precision: str, threads: int, settings: dict[str, object]) -> dict[str, object]:
+    return {
+        "INFERENCE_PRECISION_HINT": HINTS[precision],
+        "PERFORMANCE_HINT": str(settings.get("performance_hint", "LATENCY")),
+        "INFERENCE_NUM_THREADS": threads,
+    }
+
+
+def runtime_op_counts(compiled) -> dict[str, object]:
+    """Integer vs float compute layers of the CPU plugin's execution graph (what really runs)."""
+    by_type: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        layer = rt["layerType"].astype(str)
+        if layer not in ("Const", "Input", "Output"):
+            by_type[f"{layer}:{rt['runtimePrecision'].astype(str)}"] += 1
+    compute = {k: n for k, n in by_type.items() if k.split(":")[0] in COMPUTE_LAYERS}
+    return {
+        "int8": sum(n for k, n in compute.items() if k.split(":")[1] in INT_PRECISIONS),
+        "float": sum(n for k, n in compute.items() if k.split(":")[1] not in INT_PRECISIONS),
+        "by_type": dict(sorted(by_type.items())),
+        "graph": "openvino-runtime",
+    }
+
+
+def _nncf_quantize(model, request: CompileRequest, settings: dict[str, object]):
+    """NNCF post-training quantization of the IR over the calib split, one sample per item."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet as Ranges
+
+    calibration = str(request.option("calibration", "minmax") or "minmax")
+    # NNCF has no KL-entropy calibrator; its histogram search is the closest kin.
+    ranges = {
+        "minmax": Ranges.MINMAX,
+        "percentile": Ranges.MEAN_QUANTILE,
+        "entropy": Ranges.HISTOGRAM,
+    }
+    if calibration not in ranges:
+        raise UserError(f"unknown calibration '{calibration}' ({', '.join(ranges)})")
+    preset = str(settings.get("preset", "performance"))
+    if preset not in PRESETS:
+        raise UserError(
+            f"profile {request.profile.name}: [openvino] preset must be one of {PRESETS}"
+        )
+    samples = [s[None] for b in calib_batches(request.calib) for s in b][: len(request.calib)]
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):  # NNCF draws progress bars on stdout
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            preset=nncf.QuantizationPreset(preset),
+            subset_size=len(samples),
+            fast_bias_correction=True,
+            advanced_parameters=AdvancedQuantizationParameters(
+                activations_range_estimator_params=ranges[calibration]
+            ),
+        )
+    log.debug("nncf: %s", sink.getvalue().strip())
+    info = {"mode": "static", "tool": f"nncf {nncf.__version__}", "preset": preset,
+            "calibration": calibration, "calibration_samples": len(samples),
+            "fast_bias_correction": True}  # fmt: skip
+    return quantized, info
+
+
+def _prepare(model, request: CompileRequest, settings: dict[str, object]):
+    """The IR at the request's precision, plus what to record about its quantization."""
+    if request.precision != "int8":
+        return model, {}
+    mode = str(request.option("int8_mode", "static") or "static")
+    if mode == "static":
+        return _nncf_quantize(model, request, settings)
+    if mode == "qat":
+        fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        if not fq:
+            raise ValueError(
+                "int8_mode 'qat' needs a fake-quantized model, but its IR has no FakeQuantize"
+            )
+        return model, {"mode": "qat", "fake_quantize_ops": fq}
+    raise UserError(
+        f"openvino compiles int8 static (PTQ) or qat, not {mode!r}; use onnxruntime for PDQ"
+    )
+
+
+class OvRunner:
+    """One synchronous infer request on a dynamic-batch compiled model."""
+
+    device = "cpu"
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.request.infer({0: np.ascontiguousarray(x, np.float32)})[0]
+
+    def synchronize(self) -> None:
+        """``infer`` is synchronous; nothing to wait for."""
+
+
+class OpenVinoBackend:
+    name = "openvino"
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """fp32 and int8 everywhere; bf16 only where the CPU plugin has it (else it runs f32)."""
+        try:
+            has_bf16 = "BF16" in cpu_capabilities()
+        except ImportError:
+            has_bf16 = False
+        return ("fp32", "int8", "bf16") if has_bf16 else ("fp32", "int8")
+
+    def available(self, profile: Profile) -> str | None:
+        if profile.is_gpu:
+            return "the openvino backend compiles for x86 CPUs; GPU profiles use tensorrt or onnxruntime"
+        try:
+            import openvino as ov
+        except ImportError:
+            return "openvino is not installed"
+        if "CPU" not in ov.Core().available_devices:
+            return "OpenVINO sees no CPU device"
+        return None
+
+    def compile(self, model: nn.Module, request: CompileRequest) -> Artifact:
+        import openvino as ov
+
+        if request.precision not in HINTS:
+            raise ValueError(f"openvino cannot compile {request.precision}")
+        if request.precision == "bf16" and "BF16" not in cpu_capabilities():
+            raise UserError(
+                f"this CPU has no BF16 in OpenVINO (capabilities: {', '.join(cpu_capabilities())}); "
+                "a bf16 artifact would run f32"
+            )
+        settings = backend_settings(request.profile, self.name)
+        with tempfile.TemporaryDirectory(prefix="petra-ov-") as tmp:
+            onnx_path = export_onnx(model, request.input_spec, Path(tmp) / "export.onnx")
+            ov_model = ov.convert_model(str(onnx_path))
+        ov_model.reshape({0: ov.PartialShape([-1, *request.input_spec.shape[1:]])})
+        ov_model, quantization = _prepare(ov_model, request, settings)
+        request.out_dir.mkdir(parents=True, exist_ok=True)
+        # Keep FP32 weights in the IR (save_model would halve them to FP16 by default).
+        ov.save_model(ov_model, str(request.out_dir / MODEL_FILE), compress_to_fp16=False)
+        config = compile_config(request.precision, request.profile.effective_threads(), settings)
+        compiled = ov.Core().compile_model(ov_model, "CPU", config)
+        effective = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        if effective != HINTS[request.precision]:
+            raise UserError(f"OpenVINO compiled the {request.precision} artifact at {effective}")
+        files = [MODEL_FILE, WEIGHTS_FILE]
+        return write_artifact(
+            request.out_dir,
+            backend=self.name,
+            precision=request.precision,
+            files=files,
+            input_spec=request.input_spec,
+            pipeline=request.pipeline,
+            extra={
+                "openvino": {
+                    "version": ov.get_version(),
+                    "config": config,
+                    "inference_precision": effective,
+                },
+                "op_counts": runtime_op_counts(compiled),
+                "size_bytes": sum((request.out_dir / f).stat().st_size for f in files),
+                **({"quantization": quantization} if quantization else {}),
+            },
+        )
+
+    def load(self, artifact: Artifact, profile: Profile | None = None) -> OvRunner:
+        import openvino as ov
+
+        config = dict(artifact.manifest["openvino"]["config"])
+        if profile is not None:
+            config["INFERENCE_NUM_THREADS"] = profile.effective_threads()
+        core = ov.Core()
+        model = core.read_model(str(artifact.file(MODEL_FILE)), str(artifact.file(WEIGHTS_FILE)))
+        return OvRunner(core.compile_model(model, "CPU", config))

@@ -1,0 +1,114 @@
+"""``petra-hw compile``: apply one pipeline to a suite's baseline and compile it for a device.
+
+Everything that can be refused is refused before any work: the pipeline text, the device, the
+precision the pipeline deploys at (``petra_hw.precision.resolve``), and whether the backend can
+compile it on this profile and host.  Then the steps run, the backend compiles, the artifact is
+judged (quality on val and test through the runner, parity against the FP32 baseline, latency and
+throughput) and the results are written into the artifact's manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from petra_hw.commands.common import add_suite_args, new_out_dir
+from petra_hw.console import console, errors, mb, table
+from petra_hw.errors import UserError
+
+COLUMNS = [
+    "backend", "precision", "p50 ms", "throughput ips", "batch", "size MB", "int8 ops",
+    "float ops", "val", "test", "top-1 agreement", "max abs diff",
+]  # fmt: skip
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "compile", help="apply a pipeline to a suite's model and compile it for a device"
+    )
+    add_suite_args(p)
+    p.add_argument("--pipeline", required=True, help='e.g. "LR - Pr - PTQ(calibration=entropy)"')
+    p.add_argument("--backend", default=None, help="default: the device's first backend that can")
+    p.add_argument("--out", type=Path, default=None, help="folder for the artifact (new or empty)")
+    p.set_defaults(func=run)
+
+
+def float_precision(profile) -> str:
+    """What a pipeline without quantization deploys at: fp16 on GPUs that run it, else fp32."""
+    return "fp16" if profile.is_gpu and "fp16" in profile.precisions else "fp32"
+
+
+def choose_backend(profile, precision: str, pinned: str | None):
+    """The pinned backend, or the profile's first available one that compiles ``precision``."""
+    from petra_hw.backend import check_supported, get_backend
+
+    if pinned:
+        backend = get_backend(pinned)
+        check_supported(backend, profile, precision)
+        return backend
+    if precision not in profile.precisions:
+        raise UserError(
+            f"device '{profile.name}' does not run {precision} (it runs {', '.join(profile.precisions)})"
+        )
+    reasons = []
+    for name in profile.backends:
+        try:
+            backend = get_backend(name)
+            check_supported(backend, profile, precision)
+            return backend
+        except UserError as exc:
+            reasons.append(str(exc))
+    raise UserError(
+        f"no backend of device '{profile.name}' can compile {precision}: {'; '.join(reasons)}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from petra_hw.baseline import get_baseline, predict
+    from petra_hw.evaluate import compile_model, judge
+    from petra_hw.pipeline import parse_pipeline
+    from petra_hw.precision import resolve
+    from petra_hw.profiles import check_host, load_profile
+    from petra_hw.suite import load_suite
+
+    pipeline = parse_pipeline(args.pipeline)
+    profile = load_profile(args.device)
+    for note in check_host(profile):
+        errors.print(f"note: {note}")
+    intent = resolve(pipeline, float_precision(profile))
+    backend = choose_backend(profile, intent.precision, args.backend)
+    suite = load_suite(args.suite)
+    out = new_out_dir(args.out, Path("reports"), f"compile-{suite.name}")
+
+    with console.status(f"baseline for {suite.name} (trained once, then cached)"):
+        baseline = get_baseline(suite, args.seed, args.data_dir)
+    model = baseline.model
+    if pipeline.steps:  # apply leaves the deploying quantization step to the compiler
+        from petra_hw.apply import apply
+
+        with console.status(f"apply {pipeline}"):
+            model = apply(
+                pipeline, baseline, suite, channel_multiple=profile.channel_multiple, seed=args.seed
+            ).model
+    splits = baseline.splits
+    reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
+    with console.status(f"{backend.name} {intent.label()}: compile, measure, score"):
+        artifact = compile_model(
+            model, suite, splits, profile, backend.name, intent.precision, out,
+            pipeline=pipeline.to_json(), options=intent.options(),
+        )  # fmt: skip
+        result = judge(artifact, suite, splits, profile, reference)
+    m, ops, par = result.measurement, result.artifact.manifest.get("op_counts", {}), result.parity
+    row = [
+        m.backend, intent.label(), m.latency.p50_ms, m.throughput_ips,
+        max((s.batch_size for s in m.throughput), default=1), mb(m.size_bytes), ops.get("int8"),
+        ops.get("float"), result.quality.get("val"), result.quality.get("test"),
+        par.get("top1_agreement"), par.get("max_abs_diff"),
+    ]  # fmt: skip
+    title = (
+        f"{pipeline} on {profile.name} ({profile.effective_threads()} threads); quality = "
+        f"{suite.metric.name} through the artifact (baseline test {baseline.metrics['test']:.4f})"
+    )
+    console.print(table(title, COLUMNS, [row]))
+    console.print(f"artifact: {out}")
+    return 0

@@ -1,0 +1,253 @@
+"""``petra-hw tune``: search compression pipelines for a suite on a device, measured there.
+
+A bare ``petra-hw tune`` searches the digits suite on ``--device auto`` for three minutes.  The
+run is journaled under ``--out`` (``runs/`` by default) and ``--resume RUN`` continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from petra_hw.console import console, errors, mb, table
+from petra_hw.errors import UserError
+
+DEFAULT_BUDGET_S = 180.0
+_BUDGET = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+def parse_budget(text: str) -> float:
+    """Seconds from ``600``, ``600s``, ``10m``, ``1h`` or ``1h30m``."""
+    parts = _BUDGET.findall(text.strip().lower())
+    if not text.strip() or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise argparse.ArgumentTypeError(f"bad budget {text!r}: use e.g. 600s, 10m, 1h or 1h30m")
+    seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"bad budget {text!r}: must be positive")
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tune", help="search compression pipelines measured on the device (default)")
+    p.add_argument("--suite", default="digits", help="bundled suite name or path to a suite.py")
+    p.add_argument("--device", default="auto", help="profile name, path to a .toml, or auto")
+    p.add_argument("--data-dir", type=Path, default=None, help="where suites look for data files")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, training and search")
+    p.add_argument(
+        "--budget", type=parse_budget, default=None, help="time budget: 600s, 10m, 1h (default 3m)"
+    )
+    p.add_argument("--generations", type=_positive_int, default=None, help="stop after N")
+    p.add_argument(
+        "--evaluations", type=_positive_int, default=None, help="stop after N candidates"
+    )
+    p.add_argument("--population", type=_positive_int, default=4, help="candidates per generation")
+    p.add_argument("--strategy", choices=("evolution", "random", "nsga2"), default="evolution")
+    p.add_argument("--executor", choices=("local", "ray"), default=None, help="default local")
+    p.add_argument("--address", default=None, help="Ray cluster address (--executor ray)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="local worker processes")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per candidate")
+    p.add_argument("--backend", default=None, help="pin one backend of the device")
+    p.add_argument("--max-latency-ms", type=float, default=None, help="p50 latency at batch 1")
+    p.add_argument("--max-size-mb", type=float, default=None, help="artifact size on disk")
+    p.add_argument(
+        "--max-quality-drop",
+        type=float,
+        default=None,
+        help="relative to the Original's val metric (0.01 = 1%%)",
+    )
+    p.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained")
+    p.add_argument("--resume", metavar="RUN", default=None, help="continue a run (id or folder)")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="base folder of run folders")
+    p.set_defaults(func=run)
+
+
+# -- output ------------------------------------------------------------------------------------
+def _pct(value: float | None, ref: float | None) -> str:
+    if value is None or not ref:
+        return ""
+    return f" ({(value - ref) / abs(ref) * 100:+.1f}%)"
+
+
+def _cell(value: float | None, ref: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}{_pct(value, ref)}"
+
+
+def _line(p) -> str:
+    """One line per finished evaluation."""
+    ev = p.last
+    head = f"[{'journal' if p.reused else p.evaluations}] {ev.candidate.pipeline}"
+    if not ev.ok:
+        return f"[red]✗[/] {head}: {ev.error_kind}: {ev.error}"
+    o, ref = ev.objectives, (p.original.objectives if p.original else {})
+    flag = "" if ev.feasible else " [yellow]infeasible[/]"
+    return (
+        f"[green]✓[/] {head}: val {o['quality_val']:.4f}{_pct(o['quality_val'], ref.get('quality_val'))}"
+        f", {o['latency_ms']:.4f} ms{_pct(o['latency_ms'], ref.get('latency_ms'))}"
+        f", {mb(o['size_bytes'])} MB{_pct(o['size_bytes'], ref.get('size_bytes'))}"
+        f" [{ev.backend} {ev.precision}]{flag}"
+    )
+
+
+def _status(p) -> str:
+    evals = f"{p.evaluations}" + (f"/{p.max_evaluations}" if p.max_evaluations else "")
+    clock = f"{p.elapsed_s:.0f}s" + (f"/{p.budget_s:.0f}s" if p.budget_s else "")
+    hv = "-" if p.hypervolume is None else f"{p.hypervolume:.4g}"
+    best = "-"
+    if p.best is not None and p.original is not None:
+        lat = p.best.objectives["latency_ms"]
+        best = f"{p.best.candidate.pipeline} ({lat:.4f} ms{_pct(lat, p.original.objectives.get('latency_ms'))})"
+    return (
+        f"generation {p.generation} · evaluations {evals} · {clock} · hypervolume {hv}"
+        f" · best feasible: {best}"
+    )
+
+
+def _summary(result) -> None:
+    o = result.original
+    rows = []
+    front = sorted(result.front, key=lambda e: e.objectives.get("latency_ms", 0.0))
+    for ev in [o, *[e for e in front if e.candidate.id != o.candidate.id]]:
+        obj = ev.objectives
+        if ev is o:  # the reference row carries no percentages
+            ref_q, ref = {}, {}
+        else:
+            ref_q, ref = o.quality, o.objectives
+        rows.append(
+            [
+                str(ev.candidate.pipeline),
+                _cell(ev.quality.get("val"), ref_q.get("val"), 4),
+                _cell(ev.quality.get("test"), ref_q.get("test"), 4),
+                _cell(obj.get("latency_ms"), ref.get("latency_ms"), 4),
+                _cell(obj.get("throughput_ips"), ref.get("throughput_ips"), 0),
+                _cell(obj.get("size_bytes", 0) / 1e6, ref.get("size_bytes", 0) / 1e6, 3),
+                f"{ev.backend} {ev.precision}",
+            ]
+        )
+    metric = result.objectives.config.split
+    console.print(
+        table(
+            f"Pareto front of {result.run_id} (chosen on {metric}; % vs Original)",
+            [
+                "pipeline",
+                "quality val",
+                "quality test",
+                "latency ms",
+                "throughput ips",
+                "size MB",
+                "backend",
+            ],
+            rows,
+        )
+    )
+    stats = result.stats
+    cache = stats.get("prefix_cache", {})
+    errors_by_kind = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("errors", {}).items()))
+    console.print(
+        f"{len(result.evaluations)} evaluations ({errors_by_kind or 'no errors'}); "
+        f"stopped: {result.stop_reason}; prefix cache: {cache.get('hits', 0)}/"
+        f"{cache.get('applied', 0)} hits, {cache.get('seconds_saved', 0.0):.1f} s saved"
+    )
+
+
+def _write_report(run_dir: Path) -> None:
+    """Call ``petra_hw.report.write_report`` when that module exists (added by another issue)."""
+    try:
+        from petra_hw.report import write_report
+    except ModuleNotFoundError as exc:
+        if exc.name == "petra_hw.report":
+            return
+        raise
+    except ImportError:
+        return
+    path = write_report(run_dir)
+    if path:
+        console.print(f"report: {path}")
+
+
+# -- entry point -------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    from petra_hw.search.tune import TuneSettings, resume, tune
+
+    status = console.status("starting")
+
+    def progress(p) -> None:
+        if p.last is not None:
+            console.print(_line(p))
+        status.update(_status(p))
+
+    if args.resume:
+        with status:
+            result = resume(
+                args.resume,
+                args.out,
+                progress,
+                executor=args.executor,
+                workers=args.workers,
+                address=args.address,
+            )
+    else:
+        settings = _settings(args, TuneSettings)
+        with status:
+            result = tune(settings, args.out, progress)
+    _summary(result)
+    console.print(f"run folder: {result.run_dir}")
+    _write_report(result.run_dir)
+    return 0
+
+
+def _settings(args: argparse.Namespace, cls):
+    from petra_hw.baseline import get_baseline
+    from petra_hw.profiles import check_host, load_profile
+    from petra_hw.suite import load_suite
+
+    profile = load_profile(args.device)
+    for note in check_host(profile):
+        errors.print(f"note: {note}")
+    if args.mode == "pretrained":
+        suite = load_suite(args.suite)
+        with console.status(f"baseline for {suite.name} (trained once, then cached)"):
+            baseline = get_baseline(suite, args.seed, args.data_dir)
+        if not baseline.cached:
+            console.print(
+                f"trained baseline {suite.name}: val {suite.metric.name} = "
+                f"{baseline.metrics['val']:.4f}"
+            )
+    budget = args.budget
+    if budget is None and args.generations is None and args.evaluations is None:
+        budget = DEFAULT_BUDGET_S
+    if args.max_quality_drop is not None and args.max_quality_drop < 0:
+        raise UserError("--max-quality-drop must be >= 0")
+    return cls(
+        suite=args.suite,
+        device=args.device,
+        data_dir=str(args.data_dir) if args.data_dir else None,
+        seed=args.seed,
+        budget_s=budget,
+        generations=args.generations,
+        evaluations=args.evaluations,
+        population=args.population,
+        strategy=args.strategy,
+        executor=args.executor or "local",
+        address=args.address,
+        workers=args.workers or 1,
+        timeout_s=args.timeout,
+        max_latency_ms=args.max_latency_ms,
+        max_size_mb=args.max_size_mb,
+        max_quality_drop=args.max_quality_drop,
+        mode=args.mode,
+        backend=args.backend,
+    )

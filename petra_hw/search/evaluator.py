@@ -1,0 +1,499 @@
+"""Evaluate one candidate pipeline on one profile: apply, compile, judge, score.
+
+``evaluate_candidate`` never raises and never substitutes the original model: every failure
+becomes an ``Evaluation`` with ``error`` and ``error_kind``:
+
+- ``step``: a compression step raised; ``nan``: training diverged or the model/artifact outputs
+  non-finite values; ``cut``: a training step was hopeless after its first epoch (see ``CutRule``);
+- ``compile``: no backend of the profile compiles the pipeline's precision, or compiling failed;
+- ``measure``: loading, scoring or timing the artifact failed; ``setup``: the worker could not
+  load the suite or baseline.  (``timeout`` and ``crash`` are recorded by the executors.)
+
+Phases and locks: applying steps and compiling run under a *shared* compute lock; judging
+(quality through the runner, then the profiler's timing) runs under the *exclusive* one, so a
+measurement never overlaps training or compiling in another worker on this machine (see
+``computing`` / ``measuring``).
+
+Fault injection for tests: ``PETRA_HW_FAULT`` (read only by ``fault_from_env``, into
+``EvalContext.fault``) makes every candidate with at least one step fail on purpose:
+``step`` (raises while applying), ``export`` (raises while compiling), ``nan`` (NaN weights, so a
+training step meets a NaN loss), ``timeout`` (hangs), ``crash`` (the worker is SIGKILLed, as by the
+OOM killer), ``segfault`` (dereferences NULL).  ``KIND@Step`` limits it to pipelines containing
+that step kind, e.g. ``nan@Tr``.  The Original is never faulted: it is the run's reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from petra_hw.baseline import Baseline, predict
+from petra_hw.errors import UserError
+from petra_hw.evaluate import compile_model, judge
+from petra_hw.pipeline import Pipeline, Step
+from petra_hw.precision import resolve
+from petra_hw.profiler import LOCK_PATH
+from petra_hw.profiles import Profile, load_profile
+from petra_hw.search.objectives import ObjectiveConfig, Objectives
+from petra_hw.search.types import Candidate, Evaluation
+from petra_hw.suite import DataContext, Splits, Suite, load_suite
+from petra_hw.training import TrainingError, _target, evaluate_loss, make_loss
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "PETRA_HW_FAULT"
+FAULTS = ("step", "export", "nan", "timeout", "crash", "segfault")
+MODES = ("pretrained", "untrained")
+COMPUTE_LOCK = LOCK_PATH.with_name("petra-hw-compute.lock")
+GATE_LOCK = LOCK_PATH.with_name("petra-hw-gate.lock")
+SAMPLES_FILE = "measurement.json"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the ``PETRA_HW_FAULT`` hook."""
+
+
+class CandidateCut(TrainingError):
+    """A training step whose monitor loss after its first epoch is hopeless."""
+
+
+class _Failed(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class CutRule:
+    """A training step is hopeless when its monitor loss after epoch 1 exceeds both
+    ``factor`` x the starting model's loss and ``chance_fraction`` x a constant predictor's loss
+    (the second keeps a low-loss baseline from cutting every candidate that pruned hard)."""
+
+    factor: float = 3.0
+    chance_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What a worker needs to evaluate candidates of one run; picklable, paths absolute."""
+
+    suite: str  # bundled name or path to suite.py
+    profile: str  # profile name or path to its TOML
+    run_dir: Path
+    baseline_weights: Path  # state dict every candidate starts from
+    seed: int = 0
+    data_dir: Path | None = None
+    mode: str = "pretrained"  # "untrained": each candidate trains the model first (see below)
+    backend: str | None = None  # pin one backend of the profile
+    objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # holds the constraints
+    reference: Evaluation | None = None  # the Original's evaluation, once known
+    cut: CutRule | None = field(default_factory=CutRule)
+    cache_bytes: int = 1 << 30  # prefix cache size under run_dir/prefix-cache
+    train_threads: int = 0  # torch threads for training in this worker (0: leave as is)
+    fault: str | None = None
+
+
+def fault_from_env() -> str | None:
+    """The one place ``PETRA_HW_FAULT`` is read; unknown values are refused."""
+    spec = os.environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return None
+    kind = spec.partition("@")[0]
+    if kind not in FAULTS:
+        raise UserError(
+            f"{FAULT_ENV}={spec!r}: choose one of {', '.join(FAULTS)} (optionally KIND@Step)"
+        )
+    return spec
+
+
+def _active_fault(spec: str | None, pipeline: Pipeline) -> str | None:
+    if not spec or not pipeline.steps:
+        return None
+    kind, _, only = spec.partition("@")
+    if only and all(s.kind != only for s in pipeline.steps):
+        return None
+    return kind
+
+
+def _fire(fault: str | None) -> None:
+    """Faults that strike while steps are applied."""
+    if fault == "step":
+        raise InjectedFault(f"injected step failure ({FAULT_ENV}=step)")
+    if fault == "timeout":
+        time.sleep(24 * 3600)  # the executor's per-candidate timeout kills us first
+    if fault == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "segfault":
+        ctypes.string_at(0)
+
+
+# -- locks ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def computing() -> Iterator[None]:
+    """Shared hold on the compute lock while training or compiling.
+
+    New holders first pass a turnstile (the gate lock) that a waiting measurement keeps closed,
+    so measurements are not starved by workers that keep starting new work.
+    """
+    stack = contextlib.ExitStack()
+    with _flock(GATE_LOCK, fcntl.LOCK_EX):
+        stack.enter_context(_flock(COMPUTE_LOCK, fcntl.LOCK_SH))
+    with stack:
+        yield
+
+
+@contextlib.contextmanager
+def measuring() -> Iterator[None]:
+    """Exclusive hold: waits until no worker on this machine trains or compiles."""
+    with _flock(GATE_LOCK, fcntl.LOCK_EX), _flock(COMPUTE_LOCK, fcntl.LOCK_EX):
+        yield
+
+
+# -- per-worker state ----------------------------------------------------------------------
+@dataclass
+class _Env:
+    suite: Suite
+    profile: Profile
+    baseline: Baseline
+    reference_outputs: dict[str, np.ndarray] | None  # FP32 baseline outputs for parity
+    # loss setting -> (starting model loss, constant predictor loss) on calib
+    base_losses: dict[str, tuple[float, float]] = field(default_factory=dict)
+    cache: object | None = None
+
+
+_ENVS: dict[tuple, _Env] = {}
+
+
+def _load_env(ctx: EvalContext) -> _Env:
+    """Suite, profile, splits and the starting model, loaded once per worker process."""
+    key = (ctx.suite, ctx.profile, str(ctx.baseline_weights), ctx.seed, str(ctx.data_dir), ctx.mode)
+    if key in _ENVS:
+        return _ENVS[key]
+    suite = load_suite(ctx.suite)
+    profile = load_profile(ctx.profile)
+    splits = suite.load_splits(DataContext(ctx.data_dir, ctx.seed))
+    model = suite.build_model()
+    model.load_state_dict(torch.load(ctx.baseline_weights, weights_only=True, map_location="cpu"))
+    model.eval()
+    baseline = Baseline(suite, model, splits, ctx.seed, {}, cached=True)
+    reference = None
+    if ctx.mode == "pretrained":
+        reference = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
+    env = _Env(suite, profile, baseline, reference)
+    _ENVS[key] = env
+    return env
+
+
+def _prefix_cache(env: _Env, ctx: EvalContext):
+    if env.cache is None:
+        from petra_hw.apply import PrefixCache
+
+        env.cache = PrefixCache(ctx.run_dir / "prefix-cache", ctx.cache_bytes)
+    return env.cache
+
+
+def float_precision(profile: Profile) -> str:
+    """The precision a pipeline without quantization deploys at: fp16 on GPUs, else fp32."""
+    return "fp16" if profile.is_gpu and "fp16" in profile.precisions else "fp32"
+
+
+@cache
+def _backend_status(name: str, profile: Profile) -> tuple[tuple[str, ...], str | None]:
+    """(precisions, reason it cannot run here or None), checked once per process."""
+    from petra_hw.backend import get_backend
+
+    try:
+        backend = get_backend(name)
+    except UserError as exc:
+        return (), str(exc)
+    return tuple(backend.precisions), backend.available(profile)
+
+
+def choose_backend(profile: Profile, precision: str, pinned: str | None = None) -> str:
+    """The profile's first available backend that compiles ``precision`` (or the pinned one)."""
+    if precision not in profile.precisions:
+        raise _Failed("compile", f"device '{profile.name}' does not run {precision}")
+    reasons = []
+    for name in [pinned] if pinned else profile.backends:
+        precisions, reason = _backend_status(name, profile)
+        if reason:
+            reasons.append(f"{name}: {reason}")
+        elif precision not in precisions:
+            reasons.append(f"{name}: compiles {', '.join(precisions)}")
+        else:
+            return name
+    raise _Failed(
+        "compile", f"no backend compiles {precision} on {profile.name} ({'; '.join(reasons)})"
+    )
+
+
+def deployable_precisions(profile: Profile, pinned: str | None = None) -> tuple[str, ...]:
+    """The profile's precisions that an available backend (or the pinned one) compiles here."""
+    usable = []
+    for precision in profile.precisions:
+        try:
+            choose_backend(profile, precision, pinned)
+        except _Failed:
+            continue
+        usable.append(precision)
+    return tuple(usable)
+
+
+# -- early cut -----------------------------------------------------------------------------
+def _losses(env: _Env, loss_name: str) -> tuple[float, float]:
+    """(starting model's calib loss, a constant predictor's calib loss) for one loss setting."""
+    if loss_name not in env.base_losses:
+        suite, splits = env.suite, env.baseline.splits
+        loss_fn = make_loss(loss_name, suite.default_loss)
+        start = evaluate_loss(env.baseline.model, splits.calib, loss_fn)
+        y = splits.calib.y
+        if isinstance(loss_fn, nn.CrossEntropyLoss):
+            classes = suite.num_outputs or int(splits.train.y.max()) + 1
+            constant = torch.zeros(len(y), classes)
+        else:
+            constant = torch.full(y.shape, float(splits.train.y.float().mean()))
+        with torch.no_grad():
+            chance = float(_target(loss_fn, constant, y))
+        env.base_losses[loss_name] = (start, chance)
+    return env.base_losses[loss_name]
+
+
+def _cut_callback(
+    env: _Env, rule: CutRule | None, pipeline: Pipeline
+) -> Callable[[int, float], None] | None:
+    if rule is None:
+        return None
+    start, chance = _losses(env, str(pipeline.setting("loss")))
+    threshold = max(rule.factor * start, rule.chance_fraction * chance)
+
+    def callback(epoch: int, loss: float) -> None:
+        if epoch == 1 and loss > threshold:
+            raise CandidateCut(
+                f"cut after epoch 1: monitor loss {loss:.4g} > {threshold:.4g} "
+                f"(start {start:.4g}, chance {chance:.4g})"
+            )
+
+    return callback
+
+
+# -- phases --------------------------------------------------------------------------------
+def _kind(exc: BaseException, phase: str) -> str:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, CandidateCut):
+            return "cut"
+        if isinstance(e, TrainingError):
+            return "nan"
+        e = e.__cause__ or e.__context__
+    return phase
+
+
+@contextlib.contextmanager
+def _phase(phase: str) -> Iterator[None]:
+    """Turn any exception into ``_Failed`` with its kind (keeping ours as they are)."""
+    try:
+        yield
+    except _Failed:
+        raise
+    except Exception as exc:
+        log.info("%s failed: %s", phase, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        raise _Failed(_kind(exc, phase), f"{type(exc).__name__}: {exc}") from exc
+
+
+def applied_pipeline(ctx: EvalContext, suite: Suite, pipeline: Pipeline) -> Pipeline:
+    """In untrained mode the suite's model is trained first, as a ``Tr`` step of the suite's
+    epochs with the candidate's settings: the prefix cache then shares that training between
+    candidates with the same settings."""
+    if ctx.mode != "untrained":
+        return pipeline
+    return pipeline.replace_steps((Step.make("Tr", epochs=suite.train.epochs), *pipeline.steps))
+
+
+def _finite_outputs(model: nn.Module, splits: Splits) -> bool:
+    return bool(np.isfinite(predict(model, splits.calib.x[:64])).all())
+
+
+def objectives_of(assessment, pipeline: Pipeline) -> dict[str, float]:
+    """Raw objective values, units in names; ``complexity`` is the number of steps."""
+    m = assessment.measurement
+    out = {
+        "quality_val": float(assessment.quality["val"]),
+        "latency_ms": float(m.latency_ms),
+        "throughput_ips": float(m.throughput_ips),
+        "size_bytes": float(m.size_bytes),
+        "complexity": float(len(pipeline)),
+    }
+    if m.energy_j is not None:
+        out["energy_j"] = float(m.energy_j)
+    return out
+
+
+def feasible(ev: Evaluation, config: ObjectiveConfig, reference: Evaluation | None) -> bool:
+    """Whether ``ev`` meets the run's constraints, by the same rule the search ranks with
+    (``petra_hw.search.objectives``); the Original is its own reference."""
+    return Objectives(config, reference or ev).violation(ev) <= 0
+
+
+def evaluate_candidate(candidate: Candidate, context: EvalContext) -> Evaluation:
+    """Apply, compile and judge one candidate; failures come back as data."""
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    state: dict[str, object] = {}
+    try:
+        return _evaluate(candidate, context, timings, state)
+    except _Failed as failure:
+        kind, message = failure.kind, str(failure)
+    except Exception as exc:  # a bug outside every phase: still data, never a crashed search
+        log.exception("evaluating %s", candidate.pipeline)
+        kind, message = "crash", f"{type(exc).__name__}: {exc}"
+    timings["total_s"] = time.perf_counter() - start
+    return Evaluation(
+        candidate,
+        error=message,
+        error_kind=kind,
+        timings_s=timings,
+        feasible=False,
+        precision=str(state.get("precision", "")),
+        backend=str(state.get("backend", "")),
+        cache_hit_steps=int(state.get("cache_hits", 0)),
+    )
+
+
+def _evaluate(
+    candidate: Candidate, ctx: EvalContext, timings: dict[str, float], state: dict
+) -> Evaluation:
+    start = time.perf_counter()
+    with _phase("setup"):
+        env = _load_env(ctx)
+    if ctx.train_threads:
+        torch.set_num_threads(ctx.train_threads)
+    suite, profile, splits = env.suite, env.profile, env.baseline.splits
+    pipeline = candidate.pipeline
+    intent = resolve(pipeline, float_precision(profile))
+    state["precision"] = intent.label()
+    backend = choose_backend(profile, intent.precision, ctx.backend)
+    state["backend"] = backend
+    fault = _active_fault(ctx.fault, pipeline)
+    out_dir = ctx.run_dir / "candidates" / candidate.id
+
+    with computing():
+        t = time.perf_counter()
+        with _phase("step"):
+            from petra_hw.apply import apply
+
+            baseline = env.baseline
+            if fault == "nan":
+                poisoned = _poisoned(baseline.model)
+                baseline = Baseline(suite, poisoned, splits, ctx.seed, {}, cached=True)
+            _fire(fault)
+            applied = apply(
+                applied_pipeline(ctx, suite, pipeline),
+                baseline,
+                suite,
+                channel_multiple=profile.channel_multiple,
+                seed=ctx.seed,
+                cache=None if fault else _prefix_cache(env, ctx),
+                epoch_callback=_cut_callback(env, ctx.cut, pipeline),
+            )
+            model = applied.model
+            finite = _finite_outputs(model, splits)
+        state["cache_hits"] = applied.cache_hit
+        timings["apply_s"] = time.perf_counter() - t
+        timings["cache_saved_s"] = applied.seconds_saved
+        if not finite:
+            raise _Failed("nan", "the compressed model outputs non-finite values")
+
+        t = time.perf_counter()
+        with _phase("compile"):
+            if fault == "export":
+                raise InjectedFault(f"injected export failure ({FAULT_ENV}=export)")
+            if out_dir.exists():
+                shutil.rmtree(out_dir)  # a half-written artifact of a killed attempt
+            artifact = compile_model(
+                model,
+                suite,
+                splits,
+                profile,
+                backend,
+                intent.precision,
+                out_dir,
+                pipeline=pipeline.to_json(),
+                options=intent.options(),
+            )
+        timings["compile_s"] = time.perf_counter() - t
+        reference = env.reference_outputs
+        if reference is None:  # untrained mode: parity against this candidate's own FP32 model
+            reference = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
+
+    with measuring(), _phase("measure"):
+        assessment = judge(artifact, suite, splits, profile, reference)
+    timings.update(assessment.timings_s)
+    values = [*assessment.quality.values(), assessment.parity.get("max_abs_diff", 0.0)]
+    if not all(math.isfinite(v) for v in values):
+        raise _Failed(
+            "nan", f"the artifact outputs non-finite values (quality {assessment.quality})"
+        )
+    with _phase("measure"):
+        objectives = objectives_of(assessment, pipeline)
+        measurement = _keep_samples(assessment.measurement, out_dir)
+    timings["total_s"] = time.perf_counter() - start
+    ev = Evaluation(
+        candidate,
+        objectives=objectives,
+        quality=dict(assessment.quality),
+        parity=dict(assessment.parity),
+        measurement=measurement,
+        artifact=str(assessment.artifact.path),
+        precision=intent.label(),
+        backend=backend,
+        timings_s=timings,
+        cache_hit_steps=applied.cache_hit,
+    )
+    return replace(ev, feasible=feasible(ev, ctx.objectives, ctx.reference))
+
+
+def _keep_samples(m, folder: Path) -> dict:
+    """Raw timing samples go to ``measurement.json`` beside the artifact's files (thousands of
+    floats per batch size); the evaluation carries the summary and the file's path."""
+    path = folder / SAMPLES_FILE
+    path.write_text(json.dumps(m.to_json(samples=True)))
+    return {**m.to_json(samples=False), "samples_path": str(path)}
+
+
+def _poisoned(model: nn.Module) -> nn.Module:
+    import copy
+
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in bad.parameters():
+            p.fill_(float("nan"))
+    return bad

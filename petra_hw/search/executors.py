@@ -1,0 +1,353 @@
+"""Executors run ``evaluate_candidate`` away from the search loop and hand back Evaluations.
+
+Common interface: ``submit(candidates)`` yields one ``Evaluation`` per candidate as each
+finishes (in finishing order), ``close()`` releases the workers, and ``context`` (an
+``EvalContext``) may be replaced between calls (tune does so once the Original's objectives are
+known).  Timeouts and dead workers become evaluations with ``error_kind`` "timeout" / "crash";
+the search goes on.
+
+``LocalExecutor`` keeps its own spawned worker processes rather than a ProcessPoolExecutor: a
+pool can neither kill one overrunning task nor survive a segfault without failing every task in
+flight.  Here a worker that overruns is killed (with its process group) and replaced, and a worker
+that dies takes only its own candidate with it.  Workers die with the parent (PR_SET_PDEATHSIG),
+so a killed ``tune`` leaves no orphans holding the compute lock.
+
+``RayExecutor`` runs evaluations as Ray tasks.  Measurements on one host are serialised by the
+same file locks whichever executor runs them (see ``petra_hw.search.evaluator``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
+
+from petra_hw.search.evaluator import EvalContext, evaluate_candidate
+from petra_hw.search.types import Candidate, Evaluation
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class Executor(Protocol):
+    context: EvalContext
+
+    def submit(self, candidates: Iterable[Candidate]) -> Iterator[Evaluation]: ...
+
+    def close(self) -> None: ...
+
+
+def failed(
+    candidate: Candidate, kind: str, message: str, elapsed_s: float | None = None
+) -> Evaluation:
+    timings = {"total_s": elapsed_s} if elapsed_s is not None else {}
+    return Evaluation(candidate, error=message, error_kind=kind, feasible=False, timings_s=timings)
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
+
+
+# -- local process workers -----------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _worker_main(conn: Connection, parent_pid: int) -> None:
+    """Loop in a spawned worker: receive (candidate, context), send back its Evaluation."""
+    os.setsid()  # own process group: a timeout kills our subprocesses too; ^C goes to the parent
+    _die_with_parent()
+    if os.getppid() != parent_pid:
+        return
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        ev = evaluate_candidate(*task)  # failures come back as data
+        try:
+            conn.send(ev)
+        except (BrokenPipeError, OSError):
+            return
+
+
+@dataclass
+class _Worker:
+    process: Any  # multiprocessing.Process of the spawn context
+    conn: Connection
+    task: Candidate | None = None
+    started: float = 0.0
+
+
+class LocalExecutor:
+    """Evaluate candidates in ``workers`` spawned processes on this machine.
+
+    Workers are daemonic (they may run subprocesses, not multiprocessing children) and each
+    gets ``cores // workers`` torch threads for training.
+    """
+
+    def __init__(
+        self,
+        context: EvalContext,
+        workers: int = 1,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        start_method: str = "spawn",
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        cores = os.cpu_count() or 1
+        # Training threads per worker: share the cores instead of oversubscribing them.
+        self.context = replace(
+            context, train_threads=context.train_threads or max(1, cores // workers)
+        )
+        self.timeout_s = timeout_s
+        self._mp = mp.get_context(start_method)
+        self._workers = [self._spawn() for _ in range(workers)]
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._mp.Pipe(duplex=True)
+        process = self._mp.Process(
+            target=_worker_main, args=(child, os.getpid()), daemon=True, name="petra-hw-worker"
+        )
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        """Kill a worker (and its process group) and put a fresh one in its place."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.kill()
+        worker.process.join(timeout=10)
+        worker.conn.close()
+        fresh = self._spawn()
+        self._workers[self._workers.index(worker)] = fresh
+        return fresh
+
+    def submit(self, candidates: Iterable[Candidate]) -> Iterator[Evaluation]:
+        pending = deque(candidates)
+        while pending or any(w.task is not None for w in self._workers):
+            for w in list(self._workers):
+                if w.task is None and pending:
+                    if not w.process.is_alive():
+                        w = self._replace(w)
+                    w.task, w.started = pending.popleft(), time.monotonic()
+                    w.conn.send((w.task, self.context))
+            busy = [w for w in self._workers if w.task is not None]
+            deadline = min(w.started for w in busy) + self.timeout_s
+            waitables = [o for w in busy for o in (w.conn, w.process.sentinel)]
+            ready = set(wait(waitables, timeout=max(0.0, deadline - time.monotonic())))
+            for w in busy:
+                ev = self._collect(w, ready)
+                if ev is not None:
+                    yield ev
+
+    def _collect(self, w: _Worker, ready: set) -> Evaluation | None:
+        """The worker's Evaluation if it finished, a crash or timeout if it died or overran."""
+        candidate, elapsed = w.task, time.monotonic() - w.started
+        assert candidate is not None
+        if w.conn in ready:
+            try:
+                ev = w.conn.recv()
+            except (EOFError, OSError):
+                ev = None
+            if ev is not None:
+                w.task = None
+                return ev
+        if w.conn in ready or w.process.sentinel in ready:
+            dead = w.process
+            self._replace(w)  # kill its group before reaping it: the pgid cannot be reused yet
+            reason = _exit_reason(dead.exitcode)
+            log.info("worker evaluating %s died (%s)", candidate.id, reason)
+            return failed(candidate, "crash", f"worker died: {reason}", elapsed)
+        if elapsed >= self.timeout_s:
+            log.info("candidate %s timed out after %.0f s", candidate.id, elapsed)
+            self._replace(w)
+            return failed(candidate, "timeout", f"timed out after {self.timeout_s:g} s", elapsed)
+        return None
+
+    def close(self) -> None:
+        for w in self._workers:
+            with contextlib.suppress(OSError):
+                w.conn.send(None)
+        for w in self._workers:
+            w.process.join(timeout=5)
+            if w.process.is_alive():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(w.process.pid, signal.SIGKILL)
+                w.process.join(timeout=5)
+            w.conn.close()
+        self._workers = []
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- Ray -------------------------------------------------------------------------------------
+def _ray_evaluate(candidate: Candidate, context: EvalContext, weights: bytes) -> Evaluation:
+    """Runs in a Ray worker: make sure the starting weights exist on this node, then evaluate."""
+    path = context.baseline_weights
+    if not path.is_file() or path.stat().st_size != len(weights):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(weights)
+        os.replace(tmp, path)
+    return evaluate_candidate(candidate, context)
+
+
+def device_resource(profile_name: str) -> str:
+    """The custom Ray resource a node advertises when it hosts this profile's device."""
+    return f"petra_device_{profile_name}"
+
+
+class RayExecutor:
+    """Evaluate candidates as Ray tasks on a cluster (``address``) or a local Ray instance.
+
+    Placement: ``resources`` if given; else the custom resource ``petra_device_<profile>`` when
+    the cluster advertises it (start device nodes with ``--resources '{"petra_device_h100": 1}'``);
+    else one GPU per task on GPU profiles and one CPU on CPU profiles.  At most as many tasks as
+    the cluster has slots are in flight, so the per-candidate timeout counts running time, not
+    queueing.  Every node needs the same petra-hw environment; the starting weights travel
+    through the object store; artifacts stay on the node that compiled them unless the run
+    folder is on shared storage.
+    """
+
+    def __init__(
+        self,
+        context: EvalContext,
+        address: str | None = None,
+        resources: dict[str, float] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        import ray
+
+        from petra_hw.errors import UserError
+        from petra_hw.profiles import load_profile
+
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        self.context = context
+        self.timeout_s = timeout_s
+        profile = load_profile(context.profile)
+        cluster = ray.cluster_resources()
+        options: dict[str, Any] = {"max_retries": 0, "num_cpus": 1}
+        if resources:
+            options["resources"] = dict(resources)
+            slot, per_task = next(iter(resources.items()))
+        elif device_resource(profile.name) in cluster:
+            slot, per_task = device_resource(profile.name), 1.0
+            options["resources"] = {slot: per_task}
+        else:
+            slot, per_task = ("GPU" if profile.is_gpu else "CPU"), 1.0
+        if profile.is_gpu:
+            options["num_gpus"] = 1
+            if cluster.get("GPU", 0) < 1:
+                raise UserError(f"the Ray cluster has no GPU for device '{profile.name}'")
+        if cluster.get(slot, 0) < per_task:
+            raise UserError(
+                f"the Ray cluster has no resource '{slot}' (it has {', '.join(sorted(cluster))})"
+            )
+        self.max_in_flight = max(1, int(cluster[slot] // per_task))
+        self._remote = ray.remote(_ray_evaluate).options(**options)
+        self._weights = ray.put(context.baseline_weights.read_bytes())
+        log.info("ray executor: %s, up to %d tasks in flight", options, self.max_in_flight)
+
+    def submit(self, candidates: Iterable[Candidate]) -> Iterator[Evaluation]:
+        import ray
+
+        pending = deque(candidates)
+        running: dict[Any, tuple[Candidate, float]] = {}
+        while pending or running:
+            while pending and len(running) < self.max_in_flight:
+                c = pending.popleft()
+                running[self._remote.remote(c, self.context, self._weights)] = (c, time.monotonic())
+            deadline = min(t for _, t in running.values()) + self.timeout_s
+            ready, _ = ray.wait(
+                list(running), num_returns=1, timeout=max(0.0, deadline - time.monotonic())
+            )
+            for ref in ready:
+                c, started = running.pop(ref)
+                yield self._result(ref, c, time.monotonic() - started)
+            now = time.monotonic()
+            for ref, (c, started) in list(running.items()):
+                if now - started >= self.timeout_s:
+                    ray.cancel(ref, force=True)
+                    del running[ref]
+                    yield failed(
+                        c, "timeout", f"timed out after {self.timeout_s:g} s", now - started
+                    )
+
+    @staticmethod
+    def _result(ref: Any, candidate: Candidate, elapsed: float) -> Evaluation:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            return failed(candidate, "timeout", "cancelled", elapsed)
+        except ray.exceptions.RayError as exc:
+            message = str(exc).strip().splitlines()
+            return failed(
+                candidate,
+                "crash",
+                f"{type(exc).__name__}: {message[0] if message else ''}",
+                elapsed,
+            )
+
+    def close(self) -> None:
+        """Shut Ray down only if this executor started it (a cluster or the caller's stays)."""
+        import ray
+
+        if self._owns_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_executor(
+    kind: str,
+    context: EvalContext,
+    *,
+    workers: int = 1,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    address: str | None = None,
+    resources: dict[str, float] | None = None,
+) -> Executor:
+    if kind == "local":
+        return LocalExecutor(context, workers=workers, timeout_s=timeout_s)
+    if kind == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            from petra_hw.errors import UserError
+
+            raise UserError("--executor ray needs Ray: pip install 'petra-hw[ray]'") from None
+        return RayExecutor(context, address=address, resources=resources, timeout_s=timeout_s)
+    raise ValueError(f"unknown executor {kind!r}")

@@ -1,0 +1,390 @@
+"""The search space: which step kinds, how many steps, and where each hyperparameter may move.
+
+The kind table (``petra_hw.kinds``) says what is *legal*; the space says what is *worth searching*
+on a budget: epochs stay small (1-3) so candidates are cheap on a laptop, regularization weights
+move on a log scale that excludes zero, and FP16 is offered only where a GPU runs it.  A suite or the
+CLI narrows it with a JSON-able spec::
+
+    SearchSpace.from_spec({"kinds": ["LR", "Pr", "PTQ"], "max_len": 3,
+                           "params": {"Pr.ratio": [0.1, 0.6], "Pr.criterion": ["l1", "l2"],
+                                      "lr": [1e-4, 1e-2], "Tr.epochs": 1}})
+
+A two-number list is an interval, a longer list (or any list for a choice or bool parameter) is the
+set of allowed values, a scalar pins the parameter, and a dict may say ``low``/``high``/``log`` or
+``choices`` explicitly.  Setting names (``optimizer``, ``lr``, ``loss``) may carry a ``settings.``
+prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from petra_hw.errors import UserError
+from petra_hw.kinds import KINDS, SETTINGS, ParamSpec, ParamValue, kind_spec
+from petra_hw.pipeline import Pipeline, Step
+
+CPU_KINDS = ("Tr", "Reg", "LR", "Pr", "QAT", "PTQ", "PDQ")
+GPU_KINDS = (*CPU_KINDS, "FP16")
+INT8_KINDS = ("QAT", "PTQ", "PDQ")
+DEFAULT_MAX_LEN = 4
+FLOAT_DIGITS = 3  # significant digits kept on searched floats: readable genomes, fewer near-twins
+
+# Narrower than the kind table: cheap, sensible starting ranges (see docs/decisions.md).
+_DEFAULT_INTERVALS: dict[str, tuple[float, float]] = {
+    "epochs": (1, 3),
+    "Reg.lambda_o": (1e-4, 1.0),
+    "Reg.lambda_h": (1e-5, 1e-1),
+    "Reg.strength": (1e-6, 1e-2),
+    "LR.threshold": (0.5, 0.99),
+    "Pr.ratio": (0.05, 0.7),
+    "lr": (1e-5, 1e-2),
+}
+# The suite's own loss unless the suite widens it: a regression loss on a classifier is a waste.
+_DEFAULT_CHOICES: dict[str, tuple[ParamValue, ...]] = {"loss": ("default",)}
+# Parameters a step ignores unless another one has certain values (ConfigSpace-style conditions,
+# read off ``petra_hw.steps.regularized``): mutating them is wasted work, and holding them at their
+# defaults makes equivalent steps hash the same.
+_ACTIVE_WHEN: dict[tuple[str, str], tuple[str, tuple[ParamValue, ...]]] = {
+    ("Reg", "lambda_o"): ("reg", ("orth_hoyer",)),
+    ("Reg", "lambda_h"): ("reg", ("orth_hoyer",)),
+    ("Reg", "strength"): ("reg", ("lai", "sparsity", "norm")),
+}
+
+
+def is_active(step: Step, name: str) -> bool:
+    """Whether ``step`` reads parameter ``name`` given its other parameters."""
+    cond = _ACTIVE_WHEN.get((step.kind, name))
+    return cond is None or step[cond[0]] in cond[1]
+
+
+def with_inactive_defaults(step: Step) -> Step:
+    """``step`` with every parameter it ignores at the kind's default (an identity key)."""
+    defaults = step.spec.defaults()
+    inactive = {n: defaults[n] for n, _ in step.params if not is_active(step, n)}
+    return step.replace(**inactive) if inactive else step
+
+
+def round_sig(value: float, digits: int = FLOAT_DIGITS) -> float:
+    if value == 0 or not math.isfinite(value):
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+@dataclass(frozen=True)
+class ParamRange:
+    """Where the search may move one parameter: a numeric interval or a finite set of values.
+
+    ``to_unit``/``from_unit`` map the range onto [0, 1] (log-scaled where ``log``), which gives one
+    scale for sampling, neighbourhood steps and the NSGA-II real encoding.
+    """
+
+    type: type
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[ParamValue, ...] = ()
+
+    @property
+    def is_choice(self) -> bool:
+        return bool(self.choices)
+
+    @property
+    def searchable(self) -> bool:
+        """More than one value: a pinned parameter is not worth a mutation."""
+        if self.choices:
+            return len(self.choices) > 1
+        return self.high > self.low  # type: ignore[operator]
+
+    def contains(self, value: ParamValue) -> bool:
+        if self.choices:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return self.low <= value <= self.high  # type: ignore[operator]
+
+    def clip(self, value: ParamValue) -> ParamValue:
+        """The nearest allowed value (repair after narrowing or a foreign pipeline)."""
+        if self.choices:
+            if value in self.choices:
+                return value
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                numeric = [c for c in self.choices if isinstance(c, (int, float))]
+                if numeric:
+                    return min(numeric, key=lambda c: abs(float(c) - float(value)))
+            return self.choices[0]
+        v = min(max(float(value), self.low), self.high)  # type: ignore[type-var]
+        return int(round(v)) if self.type is int else v
+
+    def to_unit(self, value: ParamValue) -> float:
+        if self.choices:
+            return (self.choices.index(self.clip(value)) + 0.5) / len(self.choices)
+        lo, hi, v = float(self.low), float(self.high), float(value)  # type: ignore[arg-type]
+        if hi == lo:
+            return 0.5
+        if self.type is int:
+            return (v - lo + 0.5) / (hi - lo + 1)
+        if self.log:
+            lo, hi, v = math.log(lo), math.log(hi), math.log(max(v, float(self.low)))  # type: ignore[arg-type]
+        return min(max((v - lo) / (hi - lo), 0.0), 1.0)
+
+    def from_unit(self, u: float) -> ParamValue:
+        u = min(max(float(u), 0.0), 1.0)
+        if self.choices:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        lo, hi = float(self.low), float(self.high)  # type: ignore[arg-type]
+        if self.type is int:
+            return int(min(lo + math.floor(u * (hi - lo + 1)), hi))
+        if self.log:
+            v = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        else:
+            v = lo + u * (hi - lo)
+        return min(max(round_sig(v), lo), hi)
+
+    def sample(self, rng: np.random.Generator) -> ParamValue:
+        return self.from_unit(float(rng.random()))
+
+    def to_spec(self) -> dict[str, Any]:
+        if self.choices:
+            return {"choices": list(self.choices)}
+        return {"low": self.low, "high": self.high, "log": self.log}
+
+
+def _default_range(key: str, spec: ParamSpec) -> ParamRange:
+    if spec.type is bool:
+        return ParamRange(bool, choices=(True, False))
+    if spec.choices:
+        return ParamRange(spec.type, choices=_DEFAULT_CHOICES.get(key, spec.choices))
+    low, high = (
+        _DEFAULT_INTERVALS.get(key) or _DEFAULT_INTERVALS.get(spec.name) or (spec.low, spec.high)
+    )
+    return ParamRange(spec.type, float(low), float(high), spec.log)  # type: ignore[arg-type]
+
+
+def _narrow(key: str, spec: ParamSpec, raw: object) -> ParamRange:
+    """Turn one user entry of ``params`` into a range, checked against the kind table."""
+    where = f"search space parameter {key!r}"
+    if isinstance(raw, Mapping):
+        unknown = set(raw) - {"low", "high", "log", "choices"}
+        if unknown:
+            raise UserError(f"{where}: unknown fields {sorted(unknown)}")
+        if "choices" in raw:
+            raw_choices: list[object] = list(raw["choices"])
+        else:
+            lo, hi = raw.get("low", spec.low), raw.get("high", spec.high)
+            return _interval(key, spec, lo, hi, bool(raw.get("log", spec.log)))
+    elif isinstance(raw, (list, tuple)):
+        numeric = spec.type in (int, float) and not spec.choices
+        if numeric and len(raw) == 2:
+            return _interval(key, spec, raw[0], raw[1], spec.log)
+        raw_choices = list(raw)
+    else:
+        raw_choices = [raw]
+    if not raw_choices:
+        raise UserError(f"{where}: empty list of values")
+    values = tuple(dict.fromkeys(spec.coerce(v, key) for v in raw_choices))
+    if spec.type in (int, float) and not spec.choices and len(values) == 1:
+        v = float(values[0])  # a pinned number is a degenerate interval
+        return ParamRange(spec.type, v, v, spec.log)
+    return ParamRange(spec.type, choices=values)
+
+
+def _interval(key: str, spec: ParamSpec, lo: object, hi: object, log: bool) -> ParamRange:
+    if spec.type not in (int, float) or spec.choices:
+        raise UserError(f"search space parameter {key!r} takes a list of values, not an interval")
+    low, high = float(spec.coerce(lo, key)), float(spec.coerce(hi, key))
+    if low > high:
+        raise UserError(f"search space parameter {key!r}: low {low} > high {high}")
+    if log and low <= 0:
+        raise UserError(f"search space parameter {key!r} moves on a log scale: low must be > 0")
+    return ParamRange(spec.type, low, high, log)
+
+
+def _settings_key(key: str) -> str | None:
+    name = key.removeprefix("settings.")
+    return name if any(p.name == name for p in SETTINGS.params) else None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Allowed kinds, pipeline length and parameter ranges; JSON round trip via ``to_spec``."""
+
+    kinds: tuple[str, ...] = CPU_KINDS
+    max_len: int = DEFAULT_MAX_LEN
+    min_len: int = 1
+    ranges: Mapping[str, ParamRange] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.kinds:
+            raise UserError("search space has no step kinds")
+        for k in self.kinds:
+            if k not in KINDS:
+                raise UserError(
+                    f"unknown step kind {k!r} in search space (known: {', '.join(KINDS)})"
+                )
+        if not 1 <= self.min_len <= self.max_len:
+            raise UserError(
+                f"search space needs 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}"
+            )
+        full = dict(self.ranges)
+        for kind in self.kinds:
+            for p in KINDS[kind].params:
+                full.setdefault(f"{kind}.{p.name}", _default_range(f"{kind}.{p.name}", p))
+        for p in SETTINGS.params:
+            full.setdefault(p.name, _default_range(p.name, p))
+        object.__setattr__(self, "ranges", full)
+
+    # -- construction -----------------------------------------------------------------------
+    @staticmethod
+    def default(gpu: bool = False) -> SearchSpace:
+        return SearchSpace(GPU_KINDS if gpu else CPU_KINDS)
+
+    @staticmethod
+    def from_spec(spec: Mapping[str, Any] | None = None, gpu: bool = False) -> SearchSpace:
+        """Build from a suite's or the CLI's spec; ``gpu`` admits FP16 (a GPU-only precision)."""
+        spec = dict(spec or {})
+        unknown = set(spec) - {"kinds", "max_len", "min_len", "params"}
+        if unknown:
+            raise UserError(
+                f"unknown search space fields {sorted(unknown)} (known: kinds, max_len, min_len, params)"
+            )
+        listed = spec.get("kinds", GPU_KINDS if gpu else CPU_KINDS)
+        if isinstance(listed, str) or not listed:
+            raise UserError('search space: kinds must be a non-empty list, e.g. ["LR", "Pr"]')
+        kinds = tuple(kind_spec(str(k)).name for k in listed)
+        if "FP16" in kinds and not gpu:
+            raise UserError("search space: FP16 needs a GPU profile")
+        kinds = tuple(dict.fromkeys(kinds))
+        ranges: dict[str, ParamRange] = {}
+        for key, raw in dict(spec.get("params", {})).items():
+            name = _settings_key(key)
+            if name is not None:
+                ranges[name] = _narrow(name, SETTINGS.param(name), raw)
+                continue
+            kind, _, pname = key.partition(".")
+            kind = kind_spec(kind).name
+            if not pname:
+                raise UserError(
+                    f"search space parameter {key!r}: write KIND.param or a setting name"
+                )
+            if kind not in kinds:
+                raise UserError(f"search space parameter {key!r}: kind {kind} is not in the space")
+            ranges[f"{kind}.{pname}"] = _narrow(key, KINDS[kind].param(pname), raw)
+        try:
+            max_len, min_len = (
+                int(spec.get("max_len", DEFAULT_MAX_LEN)),
+                int(spec.get("min_len", 1)),
+            )
+        except (TypeError, ValueError):
+            raise UserError("search space: max_len and min_len must be integers") from None
+        return SearchSpace(kinds, max_len, min_len, ranges)
+
+    @staticmethod
+    def for_profile(profile: Any, spec: Mapping[str, Any] | None = None) -> SearchSpace:
+        """The space a profile can deploy: FP16 on GPUs, INT8 kinds where the profile runs int8."""
+        gpu = bool(profile.is_gpu)
+        spec = dict(spec or {})
+        if "kinds" not in spec:
+            precisions = set(profile.precisions)
+            kinds = list(GPU_KINDS if gpu else CPU_KINDS)
+            if "int8" not in precisions:
+                kinds = [k for k in kinds if k not in INT8_KINDS]
+            if "fp16" not in precisions:
+                kinds = [k for k in kinds if k != "FP16"]
+            spec["kinds"] = kinds
+        return SearchSpace.from_spec(spec, gpu=gpu)
+
+    def to_spec(self) -> dict[str, Any]:
+        """JSON-able and accepted by ``from_spec`` (records what a run searched)."""
+        return {
+            "kinds": list(self.kinds),
+            "max_len": self.max_len,
+            "min_len": self.min_len,
+            "params": {k: r.to_spec() for k, r in self.ranges.items()},
+        }
+
+    # -- queries ----------------------------------------------------------------------------
+    def param_range(self, kind: str, name: str) -> ParamRange:
+        return self.ranges[f"{kind}.{name}"]
+
+    def setting_range(self, name: str) -> ParamRange:
+        return self.ranges[name]
+
+    def searchable_params(self, kind: str) -> list[str]:
+        return [p.name for p in KINDS[kind].params if self.param_range(kind, p.name).searchable]
+
+    def active_params(self, step: Step) -> list[str]:
+        """The searchable parameters that ``step`` actually reads."""
+        return [n for n in self.searchable_params(step.kind) if is_active(step, n)]
+
+    def normalize(self, step: Step) -> Step:
+        """Parameters ``step`` ignores go to their defaults (clipped into the space)."""
+        defaults = step.spec.defaults()
+        inactive = {
+            n: self.param_range(step.kind, n).clip(defaults[n])
+            for n, _ in step.params
+            if not is_active(step, n)
+        }
+        return step.replace(**inactive) if inactive else step
+
+    def searchable_settings(self) -> list[str]:
+        return [p.name for p in SETTINGS.params if self.ranges[p.name].searchable]
+
+    def validate(self, pipeline: Pipeline) -> list[str]:
+        """Every reason ``pipeline`` is outside the space (empty when it is inside)."""
+        problems = []
+        if not self.min_len <= len(pipeline) <= self.max_len:
+            problems.append(f"length {len(pipeline)} outside {self.min_len}..{self.max_len}")
+        for i, step in enumerate(pipeline.steps):
+            if step.kind not in self.kinds:
+                problems.append(f"step {i + 1}: kind {step.kind} not in the space")
+                continue
+            for name, value in step.params:
+                if not self.param_range(step.kind, name).contains(value):
+                    problems.append(f"step {i + 1}: {step.kind}.{name}={value!r} out of range")
+        for name, value in pipeline.settings:
+            if not self.ranges[name].contains(value):
+                problems.append(f"setting {name}={value!r} out of range")
+        return problems
+
+    def contains(self, pipeline: Pipeline) -> bool:
+        return not self.validate(pipeline)
+
+    # -- sampling and repair ----------------------------------------------------------------
+    def random_step(self, rng: np.random.Generator, kind: str | None = None) -> Step:
+        kind = kind or self.kinds[int(rng.integers(len(self.kinds)))]
+        params = {p.name: self.param_range(kind, p.name).sample(rng) for p in KINDS[kind].params}
+        return self.normalize(Step.make(kind, **params))
+
+    def random_settings(self, rng: np.random.Generator) -> dict[str, ParamValue]:
+        return {p.name: self.ranges[p.name].sample(rng) for p in SETTINGS.params}
+
+    def random_pipeline(self, rng: np.random.Generator) -> Pipeline:
+        """Uniform length, uniform kinds, parameters uniform on their (log-)scale.
+
+        Settings are sampled only when a step trains; otherwise they stay at their (clipped)
+        defaults, since they cannot change the model.
+        """
+        n = int(rng.integers(self.min_len, self.max_len + 1))
+        steps = [self.random_step(rng) for _ in range(n)]
+        if any(s.spec.trains for s in steps):
+            settings = self.random_settings(rng)
+        else:
+            settings = {p.name: self.ranges[p.name].clip(p.default) for p in SETTINGS.params}
+        return Pipeline.make(steps, **settings)
+
+    def repair(self, pipeline: Pipeline, rng: np.random.Generator) -> Pipeline:
+        """The nearest pipeline inside the space: foreign kinds dropped, values clipped, length fixed."""
+        steps = [
+            Step.make(s.kind, **{n: self.param_range(s.kind, n).clip(v) for n, v in s.params})
+            for s in pipeline.steps
+            if s.kind in self.kinds
+        ][: self.max_len]
+        while len(steps) < self.min_len:
+            steps.insert(int(rng.integers(len(steps) + 1)), self.random_step(rng))
+        settings = {n: self.ranges[n].clip(v) for n, v in pipeline.settings}
+        return Pipeline.make(steps, **settings)

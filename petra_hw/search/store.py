@@ -1,0 +1,321 @@
+"""The run journal: runs, evaluations, strategy snapshots and hypervolume, in one SQLite file.
+
+Every finished evaluation is committed in its own transaction the moment it arrives, so a run
+killed at any instant (``kill -9``, OOM killer, power loss) keeps every evaluation that finished
+and can be resumed without evaluating them again.  The file is in WAL mode (readers such as
+reports never block the writer) with ``synchronous=FULL``: a commit returns only after the WAL is
+fsynced.  NORMAL would already survive a killed process; FULL also survives an OS crash or power
+loss, and its cost (one fsync, milliseconds) is nothing next to an evaluation (seconds to hours).
+
+Only stdlib ``sqlite3``; the full evaluation is stored as JSON next to indexed columns that
+reports and resume query directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from petra_hw.errors import UserError
+from petra_hw.search.types import Evaluation
+
+SCHEMA_VERSION = 1
+JOURNAL_NAME = "journal.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    status TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    settings TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    stats TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    seq INTEGER NOT NULL,
+    candidate_id TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    error TEXT,
+    error_kind TEXT,
+    feasible INTEGER NOT NULL,
+    quality_val REAL,
+    latency_ms REAL,
+    throughput_ips REAL,
+    size_bytes REAL,
+    objectives TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, candidate_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS evaluations_seq ON evaluations(run_id, seq);
+CREATE INDEX IF NOT EXISTS evaluations_generation ON evaluations(run_id, generation);
+CREATE TABLE IF NOT EXISTS strategy_states (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    generation INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, generation)
+);
+CREATE TABLE IF NOT EXISTS hypervolume (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    evaluations INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    value REAL NOT NULL,
+    elapsed_s REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, evaluations)
+);
+"""
+
+_INDEXED = ("quality_val", "latency_ms", "throughput_ips", "size_bytes")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run's row: what was searched, with which settings, on what machine, and how far."""
+
+    id: str
+    created: float
+    updated: float
+    status: str  # "running" | "finished" | "failed" | "interrupted"
+    suite: str
+    profile: str
+    strategy: str
+    seed: int
+    settings: dict[str, Any]
+    fingerprint: dict[str, Any]
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HypervolumePoint:
+    evaluations: int
+    generation: int
+    value: float
+    elapsed_s: float
+
+
+def _number(value: Any) -> float | None:
+    """A finite float for an indexed column, else NULL (SQLite has no NaN)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+class Store:
+    """A journal file holding any number of runs (tune keeps one per run folder)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"journal {self.path} has schema {version}; this petra-hw reads up to {SCHEMA_VERSION}"
+            )
+        # executescript commits any open transaction first, so the script carries its own.
+        self._conn.executescript(
+            f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+        )
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction (BEGIN IMMEDIATE: take the write lock up front)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs ---------------------------------------------------------------------------------
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        suite: str,
+        profile: str,
+        strategy: str,
+        seed: int,
+        settings: dict[str, Any],
+        fingerprint: dict[str, Any],
+        status: str = "running",
+    ) -> str:
+        now = time.time()
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
+                raise UserError(f"run '{run_id}' already exists in {self.path}")
+            c.execute(
+                "INSERT INTO runs (id, created, updated, status, suite, profile, strategy, seed,"
+                " settings, fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    now,
+                    now,
+                    status,
+                    suite,
+                    profile,
+                    strategy,
+                    seed,
+                    json.dumps(settings, sort_keys=True),
+                    json.dumps(fingerprint, sort_keys=True, default=str),
+                ),
+            )
+        return run_id
+
+    def runs(self) -> list[RunRecord]:
+        rows = self._conn.execute("SELECT * FROM runs ORDER BY created").fetchall()
+        return [self._run(r) for r in rows]
+
+    def get_run(self, run_id: str) -> RunRecord:
+        row = self._conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise UserError(f"no run '{run_id}' in {self.path}")
+        return self._run(row)
+
+    @staticmethod
+    def _run(row: sqlite3.Row) -> RunRecord:
+        return RunRecord(
+            id=row["id"],
+            created=row["created"],
+            updated=row["updated"],
+            status=row["status"],
+            suite=row["suite"],
+            profile=row["profile"],
+            strategy=row["strategy"],
+            seed=row["seed"],
+            settings=json.loads(row["settings"]),
+            fingerprint=json.loads(row["fingerprint"]),
+            stats=json.loads(row["stats"]),
+        )
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id)
+            )
+
+    def update_stats(self, run_id: str, **stats: Any) -> None:
+        """Merge counters (prefix-cache hits, elapsed time, ...) into the run's stats."""
+        with self._tx() as c:
+            row = c.execute("SELECT stats FROM runs WHERE id=?", (run_id,)).fetchone()
+            merged = {**json.loads(row["stats"]), **stats}
+            c.execute(
+                "UPDATE runs SET stats=?, updated=? WHERE id=?",
+                (json.dumps(merged, sort_keys=True), time.time(), run_id),
+            )
+
+    # -- evaluations --------------------------------------------------------------------------
+    def add_evaluation(self, run_id: str, ev: Evaluation) -> bool:
+        """Journal one finished evaluation (committed and fsynced before returning).
+
+        Returns False, writing nothing, when this candidate is already journaled for the run.
+        """
+        data = ev.to_json()
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO evaluations (run_id, seq, candidate_id, generation, pipeline, error,"
+                " error_kind, feasible, quality_val, latency_ms, throughput_ips, size_bytes,"
+                " objectives, data, created)"
+                " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?,?,?,?,?,?,?,?,?,?,?,?,?"
+                " FROM evaluations WHERE run_id=?"
+                " ON CONFLICT (run_id, candidate_id) DO NOTHING",
+                (
+                    run_id,
+                    ev.candidate.id,
+                    ev.candidate.generation,
+                    str(ev.candidate.pipeline),
+                    ev.error,
+                    ev.error_kind,
+                    int(ev.feasible),
+                    *(_number(ev.objectives.get(k)) for k in _INDEXED),
+                    json.dumps(ev.objectives, sort_keys=True),
+                    json.dumps(data, sort_keys=True),
+                    time.time(),
+                    run_id,
+                ),
+            )
+            c.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+            return cur.rowcount == 1
+
+    def evaluations(self, run_id: str) -> list[Evaluation]:
+        """A run's evaluations in the order they finished."""
+        rows = self._conn.execute(
+            "SELECT data FROM evaluations WHERE run_id=? ORDER BY seq", (run_id,)
+        ).fetchall()
+        return [Evaluation.from_json(json.loads(r["data"])) for r in rows]
+
+    def evaluated_ids(self, run_id: str) -> set[str]:
+        rows = self._conn.execute(
+            "SELECT candidate_id FROM evaluations WHERE run_id=?", (run_id,)
+        ).fetchall()
+        return {r["candidate_id"] for r in rows}
+
+    # -- strategy snapshots -------------------------------------------------------------------
+    def save_state(self, run_id: str, generation: int, state: dict[str, Any]) -> None:
+        """Snapshot the strategy after ``generation`` was told (JSON: never pickle)."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO strategy_states (run_id, generation, state, created)"
+                " VALUES (?,?,?,?)",
+                (run_id, generation, json.dumps(state, sort_keys=True), time.time()),
+            )
+
+    def load_state(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The latest snapshot as (generation, state), or None before the first generation."""
+        row = self._conn.execute(
+            "SELECT generation, state FROM strategy_states WHERE run_id=?"
+            " ORDER BY generation DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        return None if row is None else (row["generation"], json.loads(row["state"]))
+
+    # -- hypervolume over time ----------------------------------------------------------------
+    def add_hypervolume(
+        self, run_id: str, *, evaluations: int, generation: int, value: float, elapsed_s: float
+    ) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO hypervolume (run_id, evaluations, generation, value,"
+                " elapsed_s, created) VALUES (?,?,?,?,?,?)",
+                (run_id, evaluations, generation, float(value), float(elapsed_s), time.time()),
+            )
+
+    def hypervolume(self, run_id: str) -> list[HypervolumePoint]:
+        rows = self._conn.execute(
+            "SELECT evaluations, generation, value, elapsed_s FROM hypervolume WHERE run_id=?"
+            " ORDER BY evaluations",
+            (run_id,),
+        ).fetchall()
+        return [HypervolumePoint(*tuple(r)) for r in rows]

@@ -1,0 +1,450 @@
+"""The tune loop: evaluate the Original, then ask/tell a strategy until a stopping rule holds.
+
+A run lives in its folder ``<out>/<run_id>/``: ``journal.sqlite`` (the store), ``baseline.pt``
+(the weights every candidate starts from), ``candidates/<id>/`` (artifacts) and
+``prefix-cache/``.  Every evaluation is journaled the moment it finishes; the strategy is
+snapshotted after each ask (with its pending candidates) and after each tell.  ``resume`` rebuilds
+the run from its journal: journaled evaluations are reused, never re-run, pending candidates
+are re-submitted, and the time budget counts the time already spent.
+
+Untrained mode (``mode="untrained"``): the run starts from the suite's freshly initialised model
+(seeded) and each candidate trains it first, as a ``Tr`` of the suite's epochs prepended to its
+pipeline (``evaluator.applied_pipeline``); the Original is then "train from scratch, no
+compression".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from petra_hw.errors import UserError
+from petra_hw.pipeline import Pipeline
+from petra_hw.search.evaluator import (
+    MODES,
+    CutRule,
+    EvalContext,
+    deployable_precisions,
+    fault_from_env,
+    float_precision,
+)
+from petra_hw.search.executors import DEFAULT_TIMEOUT_S, Executor, make_executor
+from petra_hw.search.objectives import ObjectiveConfig, Objectives
+from petra_hw.search.store import JOURNAL_NAME, Store
+from petra_hw.search.types import Candidate, Evaluation
+
+log = logging.getLogger(__name__)
+
+BASELINE_WEIGHTS = "baseline.pt"
+ORIGINAL = Pipeline.make()
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """Everything that defines a run (journaled, so that ``resume`` needs only the run id)."""
+
+    suite: str = "digits"
+    device: str = "auto"
+    data_dir: str | None = None
+    seed: int = 0
+    budget_s: float | None = None
+    generations: int | None = None
+    evaluations: int | None = None  # candidates beyond the Original
+    population: int = 4
+    strategy: str = "evolution"
+    executor: str = "local"
+    address: str | None = None
+    workers: int = 1
+    timeout_s: float | None = None  # per candidate; default: 600 s, at most the time budget
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None
+    max_quality_drop: float | None = None  # relative to the Original's val metric (0.01 = 1%)
+    mode: str = "pretrained"
+    backend: str | None = None  # pin one backend of the profile
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"unknown mode '{self.mode}' (choose {', '.join(MODES)})")
+        if self.population < 1 or self.workers < 1:
+            raise UserError("--population and --workers must be at least 1")
+        if self.executor not in ("local", "ray"):
+            raise UserError(f"unknown executor '{self.executor}' (choose local or ray)")
+
+    def candidate_timeout_s(self) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        if self.budget_s is not None:
+            return max(60.0, min(DEFAULT_TIMEOUT_S, self.budget_s))
+        return DEFAULT_TIMEOUT_S
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> TuneSettings:
+        names = {f.name for f in dataclasses.fields(TuneSettings)}
+        return TuneSettings(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class TuneProgress:
+    """What the CLI shows after each evaluation and generation."""
+
+    run_id: str
+    generation: int
+    evaluations: int  # journaled, the Original included
+    max_evaluations: int | None
+    elapsed_s: float
+    budget_s: float | None
+    hypervolume: float | None
+    best: Evaluation | None  # lowest-latency feasible candidate
+    last: Evaluation | None
+    original: Evaluation | None
+    reused: bool = False  # ``last`` came from the journal
+
+
+@dataclass
+class TuneResult:
+    run_id: str
+    run_dir: Path
+    original: Evaluation
+    evaluations: list[Evaluation]
+    front: list[Evaluation]
+    objectives: Objectives
+    stop_reason: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+Callback = Callable[[TuneProgress], None]
+
+
+def _absolute(value: str | None) -> str | None:
+    """Paths the user gave become absolute, so workers (and Ray nodes) resolve them alike."""
+    if value is None:
+        return None
+    p = Path(value)
+    return str(p.resolve()) if p.exists() else value
+
+
+def _new_run_dir(base: Path, stem: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base.mkdir(parents=True, exist_ok=True)
+    for i in range(1000):
+        path = base / (f"{stem}-{stamp}" if i == 0 else f"{stem}-{stamp}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot create a run folder under {base}")
+
+
+def find_run(run: str, out: Path) -> Path:
+    """A run folder by path, or by id under ``out``."""
+    for path in (Path(run), out / run):
+        if (path / JOURNAL_NAME).is_file():
+            return path.resolve()
+    raise UserError(f"no run '{run}': neither {run} nor {out / run} holds a {JOURNAL_NAME}")
+
+
+def tune(
+    settings: TuneSettings, out: Path = Path("runs"), progress: Callback | None = None
+) -> TuneResult:
+    """Start a new run under ``out`` and search until a stopping rule holds."""
+    from petra_hw.baseline import get_baseline, seed_everything
+    from petra_hw.fingerprint import fingerprint
+    from petra_hw.profiles import check_host, load_profile
+    from petra_hw.suite import load_suite
+
+    profile = load_profile(settings.device)
+    check_host(profile)
+    suite = load_suite(settings.suite)
+    settings = dataclasses.replace(
+        settings,
+        suite=_absolute(settings.suite) or settings.suite,
+        device=profile.source or profile.name,
+        data_dir=_absolute(settings.data_dir),
+    )
+    data_dir = Path(settings.data_dir) if settings.data_dir else None
+    if settings.mode == "pretrained":
+        model = get_baseline(suite, settings.seed, data_dir).model
+    else:
+        seed_everything(settings.seed)
+        model = suite.build_model()
+    run_dir = _new_run_dir(Path(out), f"{suite.name}-{profile.name}").resolve()
+    torch.save(model.state_dict(), run_dir / BASELINE_WEIGHTS)
+    store = Store(run_dir / JOURNAL_NAME)
+    try:
+        store.create_run(
+            run_dir.name,
+            suite=suite.name,
+            profile=profile.name,
+            strategy=settings.strategy,
+            seed=settings.seed,
+            settings=settings.to_json(),
+            fingerprint=fingerprint(),
+        )
+    finally:
+        store.close()
+    return _Session(run_dir, progress).run()
+
+
+def resume(
+    run: str, out: Path = Path("runs"), progress: Callback | None = None, **overrides: Any
+) -> TuneResult:
+    """Continue a run from its journal; ``overrides`` may change how it executes (executor,
+    workers, address), never what it searches."""
+    allowed = {"executor", "workers", "address"}
+    if set(overrides) - allowed:
+        raise UserError(
+            f"a resumed run keeps its settings; only {', '.join(sorted(allowed))} may change"
+        )
+    return _Session(
+        find_run(run, out), progress, {k: v for k, v in overrides.items() if v is not None}
+    ).run()
+
+
+class _Session:
+    """One process working on a run (a new run, or a resume of an interrupted one)."""
+
+    def __init__(
+        self, run_dir: Path, progress: Callback | None, overrides: dict | None = None
+    ) -> None:
+        self.run_dir = run_dir
+        self.run_id = run_dir.name
+        self.progress = progress
+        self.store = Store(run_dir / JOURNAL_NAME)
+        record = self.store.get_run(self.run_id)
+        self.settings = dataclasses.replace(
+            TuneSettings.from_json(record.settings), **(overrides or {})
+        )
+        self.prior_elapsed = float(record.stats.get("elapsed_s", 0.0))
+        self.sessions = list(record.stats.get("sessions", []))
+        self.journal = {e.candidate.id: e for e in self.store.evaluations(self.run_id)}
+        self.started = time.monotonic()
+        self.started_at = time.time()
+        self.evaluated = 0
+        self.generation = 0
+        self.hv: float | None = None
+        self.original: Evaluation | None = None
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.prior_elapsed + time.monotonic() - self.started
+
+    def _stats(self) -> dict[str, Any]:
+        evs = [e for e in self.journal.values() if e.candidate.pipeline.steps]
+        applied = [e for e in evs if "apply_s" in e.timings_s]
+        hits = [e for e in applied if e.cache_hit_steps > 0]
+        errors: dict[str, int] = {}
+        for e in self.journal.values():
+            if e.error_kind:
+                errors[e.error_kind] = errors.get(e.error_kind, 0) + 1
+        return {
+            "elapsed_s": self.elapsed(),
+            "evaluations": len(self.journal),
+            "errors": errors,
+            "prefix_cache": {
+                "hits": len(hits),
+                "applied": len(applied),
+                "hit_rate": len(hits) / len(applied) if applied else 0.0,
+                "steps_reused": sum(e.cache_hit_steps for e in applied),
+                "seconds_saved": sum(e.timings_s.get("cache_saved_s", 0.0) for e in applied),
+            },
+            "sessions": [*self.sessions, {"started": self.started_at, "evaluated": self.evaluated}],
+        }
+
+    def _best(self) -> Evaluation | None:
+        ok = [
+            e for e in self.journal.values() if e.ok and e.feasible and e.candidate.pipeline.steps
+        ]
+        return min(ok, key=lambda e: e.objectives.get("latency_ms", math.inf), default=None)
+
+    def _report(self, last: Evaluation | None, reused: bool = False) -> None:
+        if self.progress is None:
+            return
+        s = self.settings
+        self.progress(
+            TuneProgress(
+                run_id=self.run_id,
+                generation=self.generation,
+                evaluations=len(self.journal),
+                max_evaluations=None if s.evaluations is None else s.evaluations + 1,
+                elapsed_s=self.elapsed(),
+                budget_s=s.budget_s,
+                hypervolume=self.hv,
+                best=self._best(),
+                last=last,
+                original=self.original,
+                reused=reused,
+            )
+        )
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _context(self) -> EvalContext:
+        s = self.settings
+        return EvalContext(
+            suite=s.suite,
+            profile=s.device,
+            run_dir=self.run_dir,
+            baseline_weights=self.run_dir / BASELINE_WEIGHTS,
+            seed=s.seed,
+            data_dir=Path(s.data_dir) if s.data_dir else None,
+            mode=s.mode,
+            backend=s.backend,
+            objectives=self.objective_config,
+            cut=CutRule(),
+            fault=fault_from_env(),
+        )
+
+    def _evaluate(self, executor: Executor, batch: list[Candidate]) -> list[Evaluation]:
+        """Journaled results for known candidates, the executor for the rest; each new one is
+        committed to the journal as soon as it finishes."""
+        out = []
+        for c in batch:
+            if c.id in self.journal:
+                out.append(self.journal[c.id])
+                self._report(self.journal[c.id], reused=True)
+        todo = [c for c in batch if c.id not in self.journal]
+        for ev in executor.submit(todo):
+            if not self.store.add_evaluation(self.run_id, ev):
+                log.warning("candidate %s was already journaled", ev.candidate.id)
+            self.journal[ev.candidate.id] = ev
+            self.evaluated += 1
+            self.store.update_stats(self.run_id, **self._stats())
+            out.append(ev)
+            self._report(ev)
+        return out
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> TuneResult:
+        from petra_hw.profiles import check_host, load_profile
+        from petra_hw.suite import load_suite
+
+        s = self.settings
+        profile = load_profile(s.device)
+        check_host(profile)
+        suite = load_suite(s.suite)
+        self.objective_config = ObjectiveConfig(
+            higher_is_better=suite.metric.higher_is_better,
+            max_latency_ms=s.max_latency_ms,
+            max_size_mb=s.max_size_mb,
+            max_quality_drop=s.max_quality_drop,
+        )
+        if s.backend:
+            from petra_hw.backend import check_supported, get_backend
+
+            check_supported(get_backend(s.backend), profile, float_precision(profile))
+        self.store.set_status(self.run_id, "running")
+        executor = make_executor(
+            s.executor,
+            self._context(),
+            workers=s.workers,
+            timeout_s=s.candidate_timeout_s(),
+            address=s.address,
+        )
+        try:
+            result = self._search(executor, profile)
+        except KeyboardInterrupt:
+            self.store.set_status(self.run_id, "interrupted")
+            raise
+        except BaseException:
+            self.store.set_status(self.run_id, "failed")
+            raise
+        finally:
+            executor.close()
+            self.store.update_stats(self.run_id, **self._stats())
+            self.store.close()
+        return result
+
+    def _search(self, executor: Executor, profile) -> TuneResult:
+        from petra_hw.search.selection import pareto_front
+        from petra_hw.search.space import SearchSpace
+        from petra_hw.search.strategies import Stopper, get_strategy
+
+        s = self.settings
+        original = Candidate(ORIGINAL, 0, None, "original")
+        self.original = self._evaluate(executor, [original])[0]
+        if not self.original.ok:
+            raise UserError(
+                f"the Original (uncompressed) model failed on {profile.name}: "
+                f"{self.original.error_kind}: {self.original.error}"
+            )
+        objectives = Objectives(self.objective_config, self.original)
+        executor.context = dataclasses.replace(executor.context, reference=self.original)
+        # Offer only steps whose precision some available backend compiles here.
+        usable = dataclasses.replace(profile, precisions=deployable_precisions(profile, s.backend))
+        space = SearchSpace.for_profile(usable)
+        kwargs: dict[str, Any] = {"objectives": objectives}
+        if s.strategy in ("evolution", "nsga2"):
+            kwargs["population_size"] = max(2, s.population)
+        strategy = get_strategy(s.strategy, space, s.seed, **kwargs)
+        snapshot = self.store.load_state(self.run_id)
+        if snapshot is not None:
+            strategy.load_state_dict(snapshot[1])
+        self.generation = strategy.generation
+        self.hv = strategy.hv_history[-1] if strategy.hv_history else None
+        stopper = Stopper(
+            max_generations=s.generations,
+            max_evaluations=s.evaluations,
+            time_budget_s=s.budget_s,
+        )
+        batch = strategy.pending  # asked before an interruption: re-submit (journal first)
+        last: list[Evaluation] = []
+        while True:
+            if not batch:
+                reason = stopper.reason(strategy, self.elapsed(), last)
+                if reason:
+                    break
+                n = s.population
+                remaining = stopper.remaining_evaluations(strategy)
+                if remaining is not None:
+                    n = min(n, remaining)
+                batch = strategy.ask(n)
+                if not batch:
+                    reason = (
+                        stopper.reason(strategy, self.elapsed(), last)
+                        or "the strategy asked nothing"
+                    )
+                    break
+                self.store.save_state(self.run_id, strategy.generation, strategy.state_dict())
+            last = self._evaluate(executor, batch)
+            strategy.tell(last)
+            self.generation = strategy.generation
+            self.hv = strategy.hv_history[-1] if strategy.hv_history else None
+            self.store.save_state(self.run_id, strategy.generation, strategy.state_dict())
+            if self.hv is not None:
+                self.store.add_hypervolume(
+                    self.run_id,
+                    evaluations=len(self.journal),
+                    generation=strategy.generation,
+                    value=self.hv,
+                    elapsed_s=self.elapsed(),
+                )
+            self._report(None)
+            batch = []
+        log.info("run %s stops: %s", self.run_id, reason)
+        self.store.update_stats(self.run_id, **self._stats(), stop_reason=reason)
+        self.store.set_status(self.run_id, "finished")
+        evaluations = self.store.evaluations(self.run_id)
+        return TuneResult(
+            run_id=self.run_id,
+            run_dir=self.run_dir,
+            original=self.original,
+            evaluations=evaluations,
+            front=pareto_front(
+                [e for e in evaluations if e.candidate.pipeline.steps] + [self.original], objectives
+            ),
+            objectives=objectives,
+            stop_reason=reason,
+            stats=self.store.get_run(self.run_id).stats,
+        )

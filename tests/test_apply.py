@@ -1,0 +1,135 @@
+"""apply: steps on a copy of the baseline, the prefix cache, and the LR-Reg-Pr-Tr acceptance test."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+import pytest
+import torch
+import torch_pruning as tp
+
+from petra_hw.apply import PrefixCache, apply
+from petra_hw.baseline import Baseline, score
+from petra_hw.pipeline import Pipeline
+from petra_hw.steps.qat import is_fake_quantized
+from petra_hw.suite import Split, Splits
+from petra_hw.training import TrainingError
+
+
+@pytest.fixture(scope="module")
+def small(digits) -> Baseline:
+    """The digits baseline with short train/calib splits, so training steps take a second."""
+    s = digits.splits
+    splits = Splits(
+        Split(s.train.x[:96], s.train.y[:96]),
+        Split(s.calib.x[:48], s.calib.y[:48]),
+        s.val,
+        s.test,
+    )
+    return Baseline(digits.suite, copy.deepcopy(digits.model), splits, 0, digits.metrics, True)
+
+
+def outputs(model, baseline: Baseline) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(baseline.splits.val.x[:64])
+
+
+def test_second_apply_starts_from_the_shared_prefix(small, tmp_path):
+    cache = PrefixCache(tmp_path, max_bytes=50_000_000)
+    before = small.state_hash
+    first = apply(Pipeline.parse("Tr(epochs=1) - Pr(ratio=0.2)"), small, cache=cache)
+    assert first.cache_hit == 0 and cache.misses == 1
+    p2 = Pipeline.parse("Tr(epochs=1) - Pr(ratio=0.2) - LR(threshold=0.8)")
+    second = apply(p2, small, cache=cache)
+    assert second.cache_hit == 2 and cache.hits == 1
+    assert second.step_seconds[:2] == (0.0, 0.0) and second.seconds_saved > 0
+    assert cache.seconds_saved == pytest.approx(second.seconds_saved)
+    fresh = apply(p2, small)  # no cache: the same model, step by step
+    assert torch.equal(outputs(second.model, small), outputs(fresh.model, small))
+    assert small.state_hash == before  # the baseline is never touched
+
+
+def test_corrupt_entry_is_ignored_and_removed(small, tmp_path, caplog):
+    cache = PrefixCache(tmp_path, max_bytes=50_000_000)
+    p = Pipeline.parse("LR(rule=ratio, threshold=0.5) - Pr(ratio=0.3)")
+    good = apply(p, small, cache=cache)
+    entries = sorted(tmp_path.glob("*.pt"))
+    assert len(entries) == 2
+    for e in entries:
+        e.write_bytes(e.read_bytes()[:100])  # a torn write by some other tool
+    again = apply(p, small, cache=cache)
+    assert again.cache_hit == 0 and cache.hits == 0 and cache.misses == 2
+    assert "unreadable cache entry" in caplog.text
+    assert torch.equal(outputs(again.model, small), outputs(good.model, small))
+    assert len(list(tmp_path.glob("*.pt"))) == 2  # rewritten, readable
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_roles_are_part_of_the_key(small, tmp_path):
+    """``PDQ - Pr`` defers PDQ to the backend; inside ``PDQ - Pr - FP16`` it rounds weights."""
+    cache = PrefixCache(tmp_path, max_bytes=50_000_000)
+    deferred = apply(Pipeline.parse("PDQ - Pr"), small, cache=cache)
+    assert deferred.roles == ("deferred", "run")
+    rounded = apply(Pipeline.parse("PDQ - Pr - FP16"), small, cache=cache)
+    assert rounded.cache_hit == 0 and rounded.roles == ("run", "run", "deferred")
+    assert not torch.equal(outputs(deferred.model, small), outputs(rounded.model, small))
+
+
+def test_canonical_form_runs_and_equivalent_pipelines_share_entries(small, tmp_path):
+    cache = PrefixCache(tmp_path, max_bytes=50_000_000)
+    a = apply(Pipeline.parse("LR - PTQ - PDQ - Pr"), small, cache=cache)
+    assert a.pipeline == Pipeline.parse("LR - PDQ - Pr")
+    assert a.requested == Pipeline.parse("LR - PTQ - PDQ - Pr")
+    b = apply(Pipeline.parse("LR - PDQ - Pr"), small, cache=cache)
+    assert b.cache_hit == 3
+
+
+def test_qat_last_keeps_fake_quantizers_and_is_not_cached(small, tmp_path):
+    cache = PrefixCache(tmp_path, max_bytes=50_000_000)
+    a = apply(Pipeline.parse("Pr(ratio=0.2) - QAT"), small, cache=cache)
+    assert a.roles == ("run", "fake_quant") and is_fake_quantized(a.model)
+    assert len(list(tmp_path.glob("*.pt"))) == 1  # only the Pr prefix
+    b = apply(Pipeline.parse("Pr(ratio=0.2) - QAT - LR"), small, cache=cache)
+    assert b.cache_hit == 1 and not is_fake_quantized(b.model)
+
+
+def test_step_errors_propagate(small):
+    broken = copy.deepcopy(small)
+    with torch.no_grad():
+        broken.model.classifier[2].bias.fill_(float("nan"))
+    with pytest.raises(TrainingError):
+        apply(Pipeline.parse("Tr(epochs=1)"), broken)
+
+
+def test_lru_eviction_by_size(small, tmp_path):
+    model = small.model
+    probe = PrefixCache(tmp_path / "probe", max_bytes=10**9)
+    probe.put("x", model, 1.0, "probe")
+    size = (tmp_path / "probe" / "x.pt").stat().st_size
+    cache = PrefixCache(tmp_path / "lru", max_bytes=int(2.5 * size))
+    cache.put("a", model, 1.0, "a")
+    cache.put("b", model, 1.0, "b")
+    past = time.time() - 100
+    os.utime(cache.path("a"), (past, past))
+    os.utime(cache.path("b"), (past + 1, past + 1))
+    assert cache.lookup(["a"], small.suite.build_model) is not None  # a is now the most recent
+    stale = cache.root / ".c.pt.1.2.tmp"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (past - 10_000, past - 10_000))
+    cache.put("c", model, 1.0, "c")
+    assert sorted(p.name for p in cache.root.iterdir()) == ["a.pt", "c.pt"]
+    assert cache.stats()["entries"] == 2
+
+
+def test_lowrank_regularize_prune_finetune_shrinks_digits_and_keeps_accuracy(digits):
+    """The issue's acceptance test on the real digits baseline and splits."""
+    pipeline = Pipeline.parse("LR - Reg(epochs=1) - Pr(ratio=0.3) - Tr(epochs=2)")
+    applied = apply(pipeline, digits)
+    example = digits.suite.example_input(1)
+    macs0, params0 = tp.utils.count_ops_and_params(digits.model, example)
+    macs1, params1 = tp.utils.count_ops_and_params(applied.model, example)
+    assert macs1 < macs0 and params1 < params0
+    test_acc = score(digits.suite, applied.model, digits.splits.test)
+    assert test_acc >= digits.metrics["test"] - 0.05

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from petra_hw.errors import UserError
+from petra_hw.suite import DataContext, load_suite, stratified_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ids(splits) -> list[np.ndarray]:
+    return [splits.by_name(n).ids for n in ("train", "calib", "val", "test")]
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10-resnet20"])
+def test_splits_are_disjoint_and_deterministic(name: str) -> None:
+    suite = load_suite(name)
+    a = suite.load_splits(DataContext(None, 0))
+    b = suite.load_splits(DataContext(None, 0))
+    c = suite.load_splits(DataContext(None, 1))
+    ids = _ids(a)
+    for i, x in enumerate(ids):
+        for y in ids[i + 1 :]:
+            assert not set(x) & set(y)
+    for x, y in zip(ids, _ids(b)):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(ids[:3], _ids(c)[:3]))
+    assert all(len(s) > 0 for s in (a.train, a.calib, a.val, a.test))
+    assert tuple(a.train.x.shape[1:]) == suite.input_shape
+
+
+def test_stratified_split_keeps_class_balance() -> None:
+    y = np.repeat(np.arange(5), 100)
+    parts = stratified_split(y, (0.6, 0.2, 0.2), seed=3)
+    assert sum(len(p) for p in parts) == len(y)
+    for p in parts:
+        counts = np.bincount(y[p], minlength=5)
+        assert counts.max() - counts.min() <= 1
+
+
+def test_missing_data_says_where_it_looked(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PETRA_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="CIFAR-10 not found under .*nowhere.*--data-dir"):
+        load_suite("cifar10-resnet20").load_splits(DataContext(tmp_path / "empty", 0))
+
+
+def test_data_dir_flag_wins(tmp_path, monkeypatch) -> None:
+    src = REPO.parent / "shared" / "data" / "cifar10_subset"
+    if not src.exists():
+        pytest.skip("shared data not beside the checkout")
+    (tmp_path / "cifar10_subset").mkdir()
+    os.symlink(src / "cifar10_subset.npz", tmp_path / "cifar10_subset" / "cifar10_subset.npz")
+    monkeypatch.chdir(tmp_path)
+    splits = load_suite("cifar10-resnet18").load_splits(DataContext(tmp_path, 0))
+    assert len(splits.test) == 761
+
+
+def test_user_suite_by_path_and_bad_files(tmp_path) -> None:
+    good = tmp_path / "mine.py"
+    good.write_text((REPO / "suites" / "digits" / "suite.py").read_text().replace('name="digits"', 'name="mine"'))
+    assert load_suite(str(good)).name == "mine"
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(UserError, match="cannot load suite file .*boom"):
+        load_suite(str(bad))
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(UserError, match="defines no SUITE"):
+        load_suite(str(empty))
+    with pytest.raises(UserError, match="unknown suite 'nope'"):
+        load_suite("nope")
+
+
+def test_baseline_is_trained_once_and_cached(digits) -> None:
+    from petra_hw.baseline import get_baseline, score
+
+    again = get_baseline(digits.suite, 0)
+    assert again.cached and again.state_hash == digits.state_hash
+    assert digits.metrics["test"] >= 0.9
+    assert score(digits.suite, again.model, again.splits.test) == pytest.approx(digits.metrics["test"])

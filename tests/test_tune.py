@@ -1,0 +1,129 @@
+"""``petra-hw tune`` end to end on digits: exit codes, a kill -9 and resume, injected faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from petra_hw.cli import main
+from petra_hw.search.store import JOURNAL_NAME, Store
+
+FAST_PROFILE = """
+name = "cpu-fast"
+description = "tests: the cpu profile with short measurements"
+device_kind = "cpu"
+backends = ["onnxruntime", "openvino", "torch"]
+precisions = ["fp32", "int8"]
+threads = 1
+batch_sizes = [1, 8]
+channel_multiple = 8
+
+[measurement]
+warmup_iters = 2
+min_iters = 5
+min_time_s = 0.05
+max_time_s = 1.0
+max_cv = 10.0
+repeats_if_noisy = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def fast_profile(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("profile") / "fast.toml"
+    path.write_text(FAST_PROFILE)
+    return str(path)
+
+
+def _rows(journal: Path) -> dict[str, float]:
+    """candidate id -> commit time, read as a report would, while the run may be writing."""
+    if not journal.exists():
+        return {}
+    conn = sqlite3.connect(journal, timeout=30)
+    try:
+        return dict(conn.execute("SELECT candidate_id, created FROM evaluations").fetchall())
+    except sqlite3.OperationalError:  # schema not created yet
+        return {}
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tune", "--budget", "ten minutes"],
+        ["tune", "--budget", "0s"],
+        ["tune", "--device", "rtx6000ada", "--evaluations", "1"],  # no such GPU here
+        ["tune", "--resume", "no-such-run"],
+    ],
+)
+def test_bad_input_exits_2(argv, tmp_path, capsys) -> None:
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("petra-hw: error:")
+
+
+def test_resume_after_kill_reevaluates_nothing(digits, fast_profile, tmp_path, capsys) -> None:
+    out = tmp_path / "runs"
+    argv = ["tune", "--suite", "digits", "--device", fast_profile, "--evaluations", "4"]
+    argv += ["--population", "2", "--out", str(out)]
+    cmd = [sys.executable, "-m", "petra_hw.cli", *argv]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        before: dict[str, float] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            journals = list(out.glob(f"*/{JOURNAL_NAME}"))
+            before = _rows(journals[0]) if journals else {}
+            if len(before) >= 2:  # the Original and at least one candidate
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    [run_dir] = [p.parent for p in out.glob(f"*/{JOURNAL_NAME}")]
+    before = _rows(run_dir / JOURNAL_NAME)  # the kill may have landed after one more commit
+    assert len(before) >= 2
+
+    assert main(["tune", "--resume", run_dir.name, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Pareto front" in printed and str(run_dir) in printed
+
+    after = _rows(run_dir / JOURNAL_NAME)
+    assert {k: after[k] for k in before} == before  # journaled rows untouched
+    assert len(after) == 1 + 4
+    with Store(run_dir / JOURNAL_NAME) as store:
+        record = store.get_run(run_dir.name)
+        assert record.status == "finished"
+        resumed = record.stats["sessions"][-1]
+        assert len(record.stats["sessions"]) == 2
+        assert resumed["evaluated"] == len(after) - len(before)  # nothing evaluated twice
+        assert store.load_state(run_dir.name) is not None
+        assert store.hypervolume(run_dir.name)
+
+
+def test_injected_faults_are_recorded_and_the_search_completes(
+    digits, fast_profile, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("PETRA_HW_FAULT", "export@Pr")
+    out = tmp_path / "runs"
+    argv = ["tune", "--device", fast_profile, "--evaluations", "2", "--population", "2"]
+    assert main([*argv, "--out", str(out)]) == 0  # evolution seeds first: LR, then Pr
+    assert "compile: InjectedFault" in capsys.readouterr().out
+    [journal] = out.glob(f"*/{JOURNAL_NAME}")
+    with Store(journal) as store:
+        [run] = store.runs()
+        evs = {str(e.candidate.pipeline): e for e in store.evaluations(run.id)}
+        assert run.status == "finished" and run.stats["errors"] == {"compile": 1}
+    assert evs["Original"].ok and evs["LR"].ok
+    assert evs["Pr"].error_kind == "compile" and "export" in evs["Pr"].error
