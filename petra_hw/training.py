@@ -62,7 +62,8 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def _target(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def compute_loss(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss exactly as training computes it (class targets cast to long, regression reshaped)."""
     if isinstance(loss_fn, nn.CrossEntropyLoss):
         return loss_fn(out, y.long())
     return loss_fn(out.reshape(y.shape), y.float())
@@ -74,7 +75,7 @@ def evaluate_loss(model: nn.Module, split: Split, loss_fn: nn.Module, batch_size
     total, n = 0.0, 0
     for i in range(0, len(split), batch_size):
         x, y = split.x[i : i + batch_size], split.y[i : i + batch_size]
-        total += float(_target(loss_fn, model(x), y)) * len(x)
+        total += float(compute_loss(loss_fn, model(x), y)) * len(x)
         n += len(x)
     return total / max(n, 1)
 
@@ -128,7 +129,7 @@ def train(
             if len(idx) < 2 and len(data) > 1:
                 continue  # BatchNorm cannot train on a batch of one
             x, y = data.x[idx], data.y[idx]
-            value = _target(loss_fn, model(x), y)
+            value = compute_loss(loss_fn, model(x), y)
             if extra_loss is not None:
                 value = value + extra_loss(model)
             if not torch.isfinite(value):

@@ -53,7 +53,7 @@ from petra_hw.profiles import Profile, load_profile
 from petra_hw.search.objectives import ObjectiveConfig, Objectives
 from petra_hw.search.types import Candidate, Evaluation
 from petra_hw.suite import DataContext, Splits, Suite, load_suite
-from petra_hw.training import TrainingError, _target, evaluate_loss, make_loss
+from petra_hw.training import TrainingError, compute_loss, evaluate_loss, make_loss
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def _losses(env: _Env, loss_name: str) -> tuple[float, float]:
         else:
             constant = torch.full(y.shape, float(splits.train.y.float().mean()))
         with torch.no_grad():
-            chance = float(_target(loss_fn, constant, y))
+            chance = float(compute_loss(loss_fn, constant, y))
         env.base_losses[loss_name] = (start, chance)
     return env.base_losses[loss_name]
 

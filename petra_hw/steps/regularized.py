@@ -39,7 +39,7 @@ from petra_hw.steps.regularizers import (
     sparsity_loss,
 )
 from petra_hw.suite import Split
-from petra_hw.training import ExtraLoss, _target, make_loss, train
+from petra_hw.training import ExtraLoss, compute_loss, make_loss, train
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _indexed(train_split: Split, monitor: Split) -> tuple[Split, Split, torch.Te
 
 def _per_sample(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample values of the training loss (``loss_fn`` built with ``reduction='none'``)."""
-    return _target(loss_fn, out, y).reshape(len(y), -1).mean(dim=1)
+    return compute_loss(loss_fn, out, y).reshape(len(y), -1).mean(dim=1)
 
 
 def _layer_weights(model: nn.Module, kinds: tuple[type[nn.Module], ...]) -> list[torch.Tensor]:
