@@ -53,7 +53,9 @@ class Baseline:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     model.eval()
-    outs = [model(x[i : i + batch_size]).detach().cpu().numpy() for i in range(0, len(x), batch_size)]
+    outs = [
+        model(x[i : i + batch_size]).detach().cpu().numpy() for i in range(0, len(x), batch_size)
+    ]
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 

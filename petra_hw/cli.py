@@ -16,7 +16,17 @@ import sys
 from petra_hw import __version__
 from petra_hw.errors import UserError
 
-COMMANDS = ("tune", "compile", "profile", "report", "reproduce", "export", "gate", "devices", "suites")
+COMMANDS = (
+    "tune",
+    "compile",
+    "profile",
+    "report",
+    "reproduce",
+    "export",
+    "gate",
+    "devices",
+    "suites",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         if not argv:
-            argv = ["tune"] if "tune" in parser._subparsers._group_actions[0].choices else ["--help"]  # type: ignore[union-attr]
+            argv = (
+                ["tune"] if "tune" in parser._subparsers._group_actions[0].choices else ["--help"]
+            )  # type: ignore[union-attr]
         args = parser.parse_args(argv)
         logging.basicConfig(
             level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -27,7 +27,9 @@ def fmt(value: object, digits: int = 3) -> str:
 def table(title: str, columns: list[str], rows: list[list[object]]) -> Table:
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="right" if c not in ("backend", "precision", "pipeline", "name") else "left")
+        t.add_column(
+            c, justify="right" if c not in ("backend", "precision", "pipeline", "name") else "left"
+        )
     for r in rows:
         t.add_row(*(fmt(v) for v in r))
     return t

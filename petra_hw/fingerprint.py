@@ -29,7 +29,15 @@ PACKAGES = (
     "ray",
 )
 
-_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "fma")
+_FLAGS_OF_INTEREST = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "amx_bf16",
+    "fma",
+)
 
 
 def package_versions() -> dict[str, str]:

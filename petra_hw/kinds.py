@@ -9,11 +9,10 @@ this table, so a new hyperparameter is added in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from petra_hw.errors import UserError
 
-ParamValue = Union[int, float, str, bool]
+ParamValue = int | float | str | bool
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from petra_hw.errors import UserError
 from petra_hw.kinds import KINDS, SETTINGS, ParamValue, kind_spec

@@ -25,7 +25,11 @@ class PrecisionIntent:
     calibration: str = "minmax"
 
     def options(self) -> dict[str, object]:
-        return {"int8_mode": self.mode, "calibration": self.calibration} if self.precision == "int8" else {}
+        return (
+            {"int8_mode": self.mode, "calibration": self.calibration}
+            if self.precision == "int8"
+            else {}
+        )
 
     def label(self) -> str:
         return f"{self.precision}-{self.mode}" if self.mode else self.precision

@@ -16,14 +16,13 @@ import json
 import logging
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -32,7 +31,9 @@ from petra_hw.profiles import MeasureSettings, Profile
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 MAX_SAMPLES = 200_000  # bounds memory even if a clock misbehaves
-LOCK_PATH = Path(os.environ.get("PETRA_HW_LOCK", Path(tempfile.gettempdir()) / "petra-hw-measure.lock"))
+LOCK_PATH = Path(
+    os.environ.get("PETRA_HW_LOCK", Path(tempfile.gettempdir()) / "petra-hw-measure.lock")
+)
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,10 @@ def measure(
                     if sampler is not None and b == 1:
                         with sampler:
                             samples = time_batches(runner, x, settings, clock)
-                        energy_j, gpu = sampler.energy_per_call(len(samples) + settings.warmup_iters), sampler.summary()
+                        energy_j, gpu = (
+                            sampler.energy_per_call(len(samples) + settings.warmup_iters),
+                            sampler.summary(),
+                        )
                     else:
                         samples = time_batches(runner, x, settings, clock)
                 stats.append(LatencyStats.from_samples(b, samples))
@@ -306,9 +310,17 @@ def measure_artifact(artifact_path: str | Path, profile: Profile, seed: int = 0)
     )
 
 
-def measure_fresh_process(artifact_path: str | Path, profile: Profile, timeout_s: float = 600) -> Measurement:
+def measure_fresh_process(
+    artifact_path: str | Path, profile: Profile, timeout_s: float = 600
+) -> Measurement:
     """Measure in a new interpreter, so allocator state, caches and peak RSS are the artifact's own."""
-    cmd = [sys.executable, "-m", "petra_hw.profiler", str(artifact_path), profile.source or profile.name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "petra_hw.profiler",
+        str(artifact_path),
+        profile.source or profile.name,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

@@ -13,13 +13,17 @@ import hashlib
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
 from petra_hw.errors import UserError
+
+if TYPE_CHECKING:
+    import torch  # imported lazily at run time: suites stay cheap to list
 
 Task = Literal["classification", "regression"]
 
@@ -28,8 +32,8 @@ Task = Literal["classification", "regression"]
 class Split:
     """Inputs and targets of one split, as CPU tensors (small enough for memory here)."""
 
-    x: "torch.Tensor"  # noqa: F821 - torch is imported lazily
-    y: "torch.Tensor"  # noqa: F821
+    x: torch.Tensor
+    y: torch.Tensor
     ids: np.ndarray | None = None  # source row/sample ids, used to prove disjointness
 
     def __len__(self) -> int:
@@ -122,7 +126,7 @@ class Suite:
 
     name: str
     task: Task
-    build_model: Callable[[], "torch.nn.Module"]  # noqa: F821
+    build_model: Callable[[], torch.nn.Module]
     load_splits: Callable[[DataContext], Splits]
     metric: Metric
     input_shape: tuple[int, ...]
@@ -135,7 +139,7 @@ class Suite:
     def default_loss(self) -> str:
         return "cross_entropy" if self.task == "classification" else "mse"
 
-    def example_input(self, batch: int = 1) -> "torch.Tensor":  # noqa: F821
+    def example_input(self, batch: int = 1) -> torch.Tensor:
         import torch
 
         return torch.zeros((batch, *self.input_shape), dtype=torch.float32)
@@ -188,9 +192,7 @@ def load_suite(name_or_path: str) -> Suite:
     return dataclasses.replace(suite, source=source)
 
 
-def stratified_split(
-    y: np.ndarray, fractions: tuple[float, ...], seed: int
-) -> list[np.ndarray]:
+def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
     """Deterministic, disjoint, class-stratified index sets whose sizes follow ``fractions``.
 
     Stratifying keeps small splits (calib, val) representative of every class.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -54,7 +54,9 @@ def make_optimizer(
     name: str, params, lr: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True
+        )
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
@@ -70,7 +72,9 @@ def compute_loss(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, split: Split, loss_fn: nn.Module, batch_size: int = 256) -> float:
+def evaluate_loss(
+    model: nn.Module, split: Split, loss_fn: nn.Module, batch_size: int = 256
+) -> float:
     model.eval()
     total, n = 0.0, 0
     for i in range(0, len(split), batch_size):

@@ -21,7 +21,13 @@ from petra_hw.pipeline import Pipeline
 def artifact(request, digits, cpu_profile, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     return compile_model(
-        digits.model, digits.suite, digits.splits, cpu_profile, request.param, "fp32", out / "a",
+        digits.model,
+        digits.suite,
+        digits.splits,
+        cpu_profile,
+        request.param,
+        "fp32",
+        out / "a",
         pipeline=Pipeline().to_json(),
     )
 
@@ -46,12 +52,21 @@ def test_manifest_records_what_matters(artifact) -> None:
 
 def test_judge_measures_quality_through_runner(artifact, digits, cpu_profile) -> None:
     reference = {n: predict(digits.model, digits.splits.by_name(n).x) for n in ("val", "test")}
-    fast = cpu_profile.__class__(**{**cpu_profile.__dict__, "measurement": cpu_profile.measurement.__class__(
-        warmup_iters=2, min_iters=5, min_time_s=0.0, max_time_s=1.0, repeats_if_noisy=0)})
+    fast = cpu_profile.__class__(
+        **{
+            **cpu_profile.__dict__,
+            "measurement": cpu_profile.measurement.__class__(
+                warmup_iters=2, min_iters=5, min_time_s=0.0, max_time_s=1.0, repeats_if_noisy=0
+            ),
+        }
+    )
     a = judge(artifact, digits.suite, digits.splits, fast, reference)
     assert a.quality["test"] == pytest.approx(digits.metrics["test"], abs=1e-6)
     assert a.parity["top1_agreement"] == 1.0 and a.parity["max_abs_diff"] < 1e-3
-    assert len(a.measurement.latency.samples_ms) >= 5 and a.measurement.size_bytes == artifact.size_bytes
+    assert (
+        len(a.measurement.latency.samples_ms) >= 5
+        and a.measurement.size_bytes == artifact.size_bytes
+    )
     assert read_artifact(artifact.path).manifest["metrics"]["quality"]["test"] == a.quality["test"]
 
 
@@ -89,6 +104,12 @@ def test_loads_in_a_fresh_process_with_only_the_folder(artifact, tmp_path) -> No
         "import sys, numpy as np, petra_hw; r = petra_hw.load(sys.argv[1]); "
         "print(r(np.zeros((3, 1, 8, 8), np.float32)).shape)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(copy)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("(3, 10)")

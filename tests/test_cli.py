@@ -23,7 +23,10 @@ def _run(args: list[str], capsys) -> tuple[int, str]:
         (["profile", "--device", "tpu9"], "unknown device 'tpu9'"),
         (["profile", "--backend", "nope"], "backend 'nope' is not a backend"),
         (["profile", "--device", "rtx6000ada"], "needs a GPU"),
-        (["compile", "--pipeline", "LR - Foo", "--suite", "digits", "--device", "cpu"], "unknown step kind 'Foo'"),
+        (
+            ["compile", "--pipeline", "LR - Foo", "--suite", "digits", "--device", "cpu"],
+            "unknown step kind 'Foo'",
+        ),
         (["compile", "--pipeline", "FP16", "--suite", "digits", "--device", "cpu"], "fp16"),
         (["nonsense-command"], "invalid choice"),
         (["profile", "/definitely/not/an/artifact"], "no manifest.json"),
@@ -64,5 +67,7 @@ def test_devices_and_suites_list(capsys) -> None:
 
 
 def test_console_script_entry_point() -> None:
-    out = subprocess.run([sys.executable, "-m", "petra_hw.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "petra_hw.cli", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "petra-hw" in out.stdout

@@ -8,11 +8,29 @@ from petra_hw.errors import UserError
 from petra_hw.pipeline import Pipeline, Step, parse_pipeline
 
 PAPER = [
-    "Reg - LR - Tr - Pr", "Pr - QAT", "Pr - Tr - Pr - PDQ", "LR - Reg - Pr - LR", "Reg - Pr - LR - Tr",
-    "Pr - LR", "Reg - LR", "LR - PTQ", "Pr - PDQ", "LR - QD - Pr - QAT", "LR - QS - Pr - QAT",
-    "LR - QS - Pr - QD", "LR - QAT - Pr - QS", "QD - Pr - QS - LR", "LR - QAT - Pr - QD",
-    "Pr - QS - LR - QD", "Pr - QS - LR - QAT", "Pr - QAT - LR - QD", "Pr - QAT - LR - QS",
-    "QAT - Pr - LR - QD", "Pr - QD - LR - QAT", "LR - QD - Pr - QAT", "LR - Reg - Pr - QAT",
+    "Reg - LR - Tr - Pr",
+    "Pr - QAT",
+    "Pr - Tr - Pr - PDQ",
+    "LR - Reg - Pr - LR",
+    "Reg - Pr - LR - Tr",
+    "Pr - LR",
+    "Reg - LR",
+    "LR - PTQ",
+    "Pr - PDQ",
+    "LR - QD - Pr - QAT",
+    "LR - QS - Pr - QAT",
+    "LR - QS - Pr - QD",
+    "LR - QAT - Pr - QS",
+    "QD - Pr - QS - LR",
+    "LR - QAT - Pr - QD",
+    "Pr - QS - LR - QD",
+    "Pr - QS - LR - QAT",
+    "Pr - QAT - LR - QD",
+    "Pr - QAT - LR - QS",
+    "QAT - Pr - LR - QD",
+    "Pr - QD - LR - QAT",
+    "LR - QD - Pr - QAT",
+    "LR - Reg - Pr - QAT",
 ]
 ALIASES = {"QS": "PTQ", "QD": "PDQ"}
 
@@ -28,9 +46,15 @@ def test_paper_pipelines_round_trip(text: str) -> None:
 
 
 def test_parameters_settings_and_defaults() -> None:
-    p = parse_pipeline("LR(rule=energy, threshold=0.95) - Pr(criterion=taylor, ratio=0.3) - PTQ(int8) ; lr=1e-4, optimizer=sgd")
+    p = parse_pipeline(
+        "LR(rule=energy, threshold=0.95) - Pr(criterion=taylor, ratio=0.3) - PTQ(int8) ; lr=1e-4, optimizer=sgd"
+    )
     assert p.steps[1]["criterion"] == "taylor" and p.steps[1]["ratio"] == 0.3
-    assert p.steps[2]["dtype"] == "int8" and p.setting("lr") == 1e-4 and p.setting("optimizer") == "sgd"
+    assert (
+        p.steps[2]["dtype"] == "int8"
+        and p.setting("lr") == 1e-4
+        and p.setting("optimizer") == "sgd"
+    )
     # Defaults are filled in, so explicit defaults equal the bare form and hash the same.
     assert parse_pipeline("LR(rule=energy, threshold=0.95)") == parse_pipeline("LR")
     assert str(parse_pipeline("LR(threshold=0.95)")) == "LR"

@@ -63,12 +63,26 @@ def test_statistics_of_known_samples() -> None:
 
 def test_measure_latency_and_throughput_separately(cpu_profile) -> None:
     r = ClockedRunner([2_000_000])  # 2 ms per sample: batch 32 takes 64 ms
-    p = cpu_profile.__class__(**{**cpu_profile.__dict__, "batch_sizes": (1, 32), "measurement": MeasureSettings(
-        warmup_iters=1, min_iters=5, min_time_s=0.0, max_time_s=60, max_cv=0.5, repeats_if_noisy=0)})
+    p = cpu_profile.__class__(
+        **{
+            **cpu_profile.__dict__,
+            "batch_sizes": (1, 32),
+            "measurement": MeasureSettings(
+                warmup_iters=1,
+                min_iters=5,
+                min_time_s=0.0,
+                max_time_s=60,
+                max_cv=0.5,
+                repeats_if_noisy=0,
+            ),
+        }
+    )
     m = measure(r, (3,), p, backend="x", precision="fp32", size_bytes=123, clock=r.clock)
     assert m.latency.batch_size == 1 and m.latency.p50_ms == pytest.approx(2.0)
     assert [t.batch_size for t in m.throughput] == [32]
-    assert m.throughput[0].p50_ms == pytest.approx(64.0) and m.throughput_ips == pytest.approx(500.0)
+    assert m.throughput[0].p50_ms == pytest.approx(64.0) and m.throughput_ips == pytest.approx(
+        500.0
+    )
     assert m.size_bytes == 123 and m.peak_rss_bytes > 0 and len(m.load) == 2
     again = Measurement.from_json(m.to_json())
     assert again == m
@@ -76,8 +90,20 @@ def test_measure_latency_and_throughput_separately(cpu_profile) -> None:
 
 def test_noisy_measurement_is_repeated_and_flagged(cpu_profile) -> None:
     r = ClockedRunner([1_000_000, 9_000_000])  # cv ~ 1.1
-    p = cpu_profile.__class__(**{**cpu_profile.__dict__, "batch_sizes": (1,), "measurement": MeasureSettings(
-        warmup_iters=0, min_iters=10, min_time_s=0.0, max_time_s=60, max_cv=0.2, repeats_if_noisy=2)})
+    p = cpu_profile.__class__(
+        **{
+            **cpu_profile.__dict__,
+            "batch_sizes": (1,),
+            "measurement": MeasureSettings(
+                warmup_iters=0,
+                min_iters=10,
+                min_time_s=0.0,
+                max_time_s=60,
+                max_cv=0.2,
+                repeats_if_noisy=2,
+            ),
+        }
+    )
     m = measure(r, (1,), p, backend="x", precision="fp32", size_bytes=1, clock=r.clock)
     assert m.noisy and m.repeats == 2 and m.latency.cv > 0.2
 

@@ -62,7 +62,11 @@ def test_data_dir_flag_wins(tmp_path, monkeypatch) -> None:
 
 def test_user_suite_by_path_and_bad_files(tmp_path) -> None:
     good = tmp_path / "mine.py"
-    good.write_text((REPO / "suites" / "digits" / "suite.py").read_text().replace('name="digits"', 'name="mine"'))
+    good.write_text(
+        (REPO / "suites" / "digits" / "suite.py")
+        .read_text()
+        .replace('name="digits"', 'name="mine"')
+    )
     assert load_suite(str(good)).name == "mine"
     bad = tmp_path / "bad.py"
     bad.write_text("raise RuntimeError('boom')\n")
@@ -82,4 +86,6 @@ def test_baseline_is_trained_once_and_cached(digits) -> None:
     again = get_baseline(digits.suite, 0)
     assert again.cached and again.state_hash == digits.state_hash
     assert digits.metrics["test"] >= 0.9
-    assert score(digits.suite, again.model, again.splits.test) == pytest.approx(digits.metrics["test"])
+    assert score(digits.suite, again.model, again.splits.test) == pytest.approx(
+        digits.metrics["test"]
+    )

@@ -14,7 +14,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from petra_hw.profiles import cpu_model, detect_profile, gpu_names, load_profile, matches, profile_names
+    from petra_hw.profiles import (
+        cpu_model,
+        detect_profile,
+        gpu_names,
+        load_profile,
+        matches,
+        profile_names,
+    )
 
     cpu, gpus = cpu_model(), gpu_names()
     chosen = detect_profile().name
@@ -23,7 +30,20 @@ def run(args: argparse.Namespace) -> int:
         p = load_profile(name)
         ok = matches(p, cpu, gpus, platform.machine())
         mark = "auto" if name == chosen else ("matches" if ok else "")
-        rows.append([name, p.device_kind, ", ".join(p.backends), ", ".join(p.precisions), p.threads or "all", mark])
-    console.print(table("profiles", ["name", "kind", "backends", "precisions", "threads", "this host"], rows))
-    console.print(f"this host: CPU {cpu!r}; GPUs: {', '.join(gpus) if gpus else 'none'}; --device auto = {chosen}")
+        rows.append(
+            [
+                name,
+                p.device_kind,
+                ", ".join(p.backends),
+                ", ".join(p.precisions),
+                p.threads or "all",
+                mark,
+            ]
+        )
+    console.print(
+        table("profiles", ["name", "kind", "backends", "precisions", "threads", "this host"], rows)
+    )
+    console.print(
+        f"this host: CPU {cpu!r}; GPUs: {', '.join(gpus) if gpus else 'none'}; --device auto = {chosen}"
+    )
     return 0

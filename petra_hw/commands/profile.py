@@ -12,13 +12,23 @@ from petra_hw.console import console, errors, mb, table
 from petra_hw.errors import UserError
 
 COLUMNS = [
-    "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "throughput ips", "size MB",
-    "quality (test)", "noisy",
+    "backend",
+    "precision",
+    "batch",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "throughput ips",
+    "size MB",
+    "quality (test)",
+    "noisy",
 ]
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("profile", help="measure a suite's model per backend, or re-measure ARTIFACT")
+    p = sub.add_parser(
+        "profile", help="measure a suite's model per backend, or re-measure ARTIFACT"
+    )
     p.add_argument("artifact", nargs="?", type=Path, help="an artifact folder to re-measure")
     add_suite_args(p, default_suite="digits")
     p.add_argument("--backend", action="append", help="limit to these backends (repeatable)")
@@ -34,10 +44,20 @@ def _rows(assessments) -> list[list[object]]:
     for a in assessments:
         m = a.measurement
         for s in (m.latency, *[t for t in m.throughput if t.batch_size != 1]):
-            rows.append([
-                m.backend, m.precision, s.batch_size, s.p50_ms, s.p90_ms, s.p99_ms,
-                s.throughput_ips, mb(m.size_bytes), a.quality.get("test"), m.noisy,
-            ])
+            rows.append(
+                [
+                    m.backend,
+                    m.precision,
+                    s.batch_size,
+                    s.p50_ms,
+                    s.p90_ms,
+                    s.p99_ms,
+                    s.throughput_ips,
+                    mb(m.size_bytes),
+                    a.quality.get("test"),
+                    m.noisy,
+                ]
+            )
     return rows
 
 
@@ -51,12 +71,27 @@ def _remeasure(args: argparse.Namespace) -> int:
     check_host(profile)
     m = (measure_fresh_process if args.fresh_process else measure_artifact)(artifact.path, profile)
     recorded = artifact.manifest.get("metrics", {}).get("quality", {})
-    rows = [[m.backend, m.precision, s.batch_size, s.p50_ms, s.p90_ms, s.p99_ms, s.throughput_ips,
-             mb(m.size_bytes), recorded.get("test"), m.noisy] for s in (m.latency, *m.throughput)
-            if s is m.latency or s.batch_size != 1]
+    rows = [
+        [
+            m.backend,
+            m.precision,
+            s.batch_size,
+            s.p50_ms,
+            s.p90_ms,
+            s.p99_ms,
+            s.throughput_ips,
+            mb(m.size_bytes),
+            recorded.get("test"),
+            m.noisy,
+        ]
+        for s in (m.latency, *m.throughput)
+        if s is m.latency or s.batch_size != 1
+    ]
     console.print(table(f"{artifact.path} on {profile.name}", COLUMNS, rows))
     if args.json:
-        args.json.write_text(json.dumps({"artifact": str(artifact.path), "measurement": m.to_json()}, indent=2))
+        args.json.write_text(
+            json.dumps({"artifact": str(artifact.path), "measurement": m.to_json()}, indent=2)
+        )
     return 0
 
 
@@ -72,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     backends = args.backend or list(profile.backends)
     unknown = [b for b in backends if b not in profile.backends]
     if unknown:
-        raise UserError(f"backend '{unknown[0]}' is not a backend of device '{profile.name}' ({', '.join(profile.backends)})")
+        raise UserError(
+            f"backend '{unknown[0]}' is not a backend of device '{profile.name}' ({', '.join(profile.backends)})"
+        )
     plan = []
     for name in backends:
         try:
@@ -98,11 +135,32 @@ def run(args: argparse.Namespace) -> int:
     for name, precision in plan:
         with console.status(f"{name} {precision}: compile, measure, score"):
             artifact = compile_model(
-                baseline.model, suite, splits, profile, name, precision, out / f"{name}-{precision}",
+                baseline.model,
+                suite,
+                splits,
+                profile,
+                name,
+                precision,
+                out / f"{name}-{precision}",
                 pipeline=Pipeline().to_json(),
             )
-            results.append(judge(artifact, suite, splits, profile, reference, fresh_process=args.fresh_process or None))
-    console.print(table(f"{suite.name} on {profile.name} ({profile.effective_threads()} threads); quality = test {suite.metric.name} through the artifact", COLUMNS, _rows(results)))
+            results.append(
+                judge(
+                    artifact,
+                    suite,
+                    splits,
+                    profile,
+                    reference,
+                    fresh_process=args.fresh_process or None,
+                )
+            )
+    console.print(
+        table(
+            f"{suite.name} on {profile.name} ({profile.effective_threads()} threads); quality = test {suite.metric.name} through the artifact",
+            COLUMNS,
+            _rows(results),
+        )
+    )
     console.print(f"artifacts: {out}")
     if args.json:
         payload = {

@@ -23,6 +23,20 @@ def run(args: argparse.Namespace) -> int:
         s = load_suite(name)
         meta = cache_dir() / "baselines" / f"{s.name}-s{args.seed}-{s.code_version()}.json"
         test = json.loads(meta.read_text())["test"] if meta.exists() else None
-        rows.append([name, s.task, f"{s.metric.name} ({'higher' if s.metric.higher_is_better else 'lower'} is better)", test if test is not None else "not trained yet", s.description])
-    console.print(table("bundled suites (baseline = test split, eager torch)", ["name", "task", "metric", "baseline", "description"], rows))
+        rows.append(
+            [
+                name,
+                s.task,
+                f"{s.metric.name} ({'higher' if s.metric.higher_is_better else 'lower'} is better)",
+                test if test is not None else "not trained yet",
+                s.description,
+            ]
+        )
+    console.print(
+        table(
+            "bundled suites (baseline = test split, eager torch)",
+            ["name", "task", "metric", "baseline", "description"],
+            rows,
+        )
+    )
     return 0

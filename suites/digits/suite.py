@@ -11,7 +11,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from petra_hw.suite import ACCURACY, DataContext, Split, Splits, Suite, TrainConfig, stratified_split
+from petra_hw.suite import (
+    ACCURACY,
+    DataContext,
+    Split,
+    Splits,
+    Suite,
+    TrainConfig,
+    stratified_split,
+)
 
 
 class DigitsCNN(nn.Module):
@@ -32,7 +40,9 @@ class DigitsCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.classifier = nn.Sequential(nn.Linear(2 * w, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * w, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -45,7 +55,9 @@ def load_digits_splits(ctx: DataContext) -> Splits:
     x = (d.images.astype(np.float32) / 16.0 - 0.5) / 0.5
     y = d.target.astype(np.int64)
     parts = stratified_split(y, (0.6, 0.1, 0.15, 0.15), ctx.seed)
-    return Splits(*(Split(torch.from_numpy(x[i][:, None]), torch.from_numpy(y[i]), i) for i in parts))
+    return Splits(
+        *(Split(torch.from_numpy(x[i][:, None]), torch.from_numpy(y[i]), i) for i in parts)
+    )
 
 
 SUITE = Suite(
