@@ -124,7 +124,10 @@ class OnnxRuntimeBackend:
         with tempfile.TemporaryDirectory(prefix="petra-ort-") as tmp:
             # TensorRT (GPU) parses only signed INT8 Q/DQ; ORT on CPU fuses U8 activations too.
             export = export_onnx(
-                model, request.input_spec, Path(tmp) / "export.onnx", signed_qdq=request.profile.is_gpu
+                model,
+                request.input_spec,
+                Path(tmp) / "export.onnx",
+                signed_qdq=request.profile.is_gpu,
             )
             converted = Path(tmp) / "converted.onnx"
             info = _transform(export, converted, request)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from backends.common import backend_settings, calib_batches
+from backends.common import backend_settings
 from petra_hw.artifact import Artifact, write_artifact
 from petra_hw.backend import CompileRequest
 from petra_hw.errors import UserError
@@ -107,7 +107,9 @@ def _nncf_quantize(model, request: CompileRequest, settings: dict[str, object]):
         raise UserError(
             f"profile {request.profile.name}: [openvino] preset must be one of {PRESETS}"
         )
-    samples = [s[None] for b in calib_batches(request.calib) for s in b][: len(request.calib)]
+    if request.calib is None or len(request.calib) == 0:
+        raise ValueError("INT8 static quantization needs a non-empty calib split")
+    samples = list(request.calib.x.numpy().astype(np.float32)[:, None])  # items of batch 1
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink):  # NNCF draws progress bars on stdout
         quantized = nncf.quantize(

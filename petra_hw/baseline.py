@@ -98,9 +98,13 @@ def get_baseline(suite: Suite, seed: int = 0, data_dir: Path | None = None) -> B
         monitor=splits.calib,
         patience=max(3, cfg.epochs // 3),
     )
+
+    def model_predict(x: torch.Tensor) -> np.ndarray:
+        return predict(model, x)
+
     metrics = {
-        "val": score(suite, model, splits.val),
-        "test": score(suite, model, splits.test),
+        "val": suite.score(model_predict, splits, "val"),
+        "test": suite.score(model_predict, splits, "test"),
         "train_wall_s": result.wall_s,
         "epochs_run": result.epochs_run,
     }

@@ -1,7 +1,15 @@
-"""NVML sampling in a background thread: power -> energy per inference, memory, clocks, temperature.
+"""NVML around a timed loop: energy per inference, plus power, memory, SM clock and temperature.
 
-Without an NVIDIA driver ``pynvml.nvmlInit()`` raises ``NVMLError_LibraryNotFound``; the sampler then
-reports nothing (``available`` is False) instead of failing the measurement.
+Energy comes from the board's own energy counter (``nvmlDeviceGetTotalEnergyConsumption``,
+millijoules since the driver loaded; Volta and later) read when the window opens and closes.  Where
+the counter is not supported it is the trapezoidal integral of power samples instead; those are
+coarser, because on recent GPUs the reported power is itself a moving average.  A background thread
+samples power, memory used, SM clock and temperature every ``period_s`` for the summary.
+
+The GPU is the one torch's current CUDA device is (matched by UUID: NVML and CUDA number devices
+differently), else NVML index 0.  Without an NVIDIA driver ``pynvml.nvmlInit()`` raises
+``NVMLError_LibraryNotFound``; the sampler then reports nothing (``available`` is False, energy
+None) instead of failing the measurement.
 """
 
 from __future__ import annotations
@@ -9,84 +17,146 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
+COUNTER, SAMPLES = "nvml_energy_counter", "nvml_power_samples"
+
+
+def trapezoid_j(samples: Sequence[tuple[float, float]]) -> float | None:
+    """Energy in joules from (seconds, watts) samples; None with fewer than two."""
+    if len(samples) < 2:
+        return None
+    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(samples, samples[1:]))
+
+
+def _cuda_uuid() -> str | None:
+    """NVML's UUID of torch's current CUDA device, or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return f"GPU-{torch.cuda.get_device_properties(torch.cuda.current_device()).uuid}"
+
 
 class NvmlSampler:
-    """Context manager: samples GPU ``index`` every ``period_s`` while the block runs."""
+    """Context manager around the timed loop of one measurement (see the module docstring)."""
 
-    def __init__(self, index: int = 0, period_s: float = 0.01) -> None:
+    def __init__(self, index: int | None = None, period_s: float = 0.02) -> None:
         self.index, self.period_s = index, period_s
-        self.samples: list[tuple[float, float, int, int, int]] = []  # t, W, mem, sm MHz, C
         self.available = False
+        self.device_name = ""
+        self.samples: list[tuple[float, float, int, int, int]] = []  # t, W, mem, SM MHz, C
+        self._counter_mj: list[int] = []
+        self._window = (0.0, 0.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._t0 = self._t1 = 0.0
 
     def __enter__(self) -> NvmlSampler:
         try:
             import pynvml
-
+        except ImportError as exc:
+            log.info("nvidia-ml-py not installed, no power or energy: %s", exc)
+            return self
+        try:
             pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
-            self.available = True
-        except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, no such device
+        except pynvml.NVMLError as exc:
             log.info("NVML unavailable, no power or energy: %s", exc)
             return self
+        self._nvml = pynvml
+        try:
+            self._handle = self._device_handle()
+            self.device_name = pynvml.nvmlDeviceGetName(self._handle)
+        except pynvml.NVMLError as exc:
+            log.info("NVML has no such GPU, no power or energy: %s", exc)
+            pynvml.nvmlShutdown()
+            return self
+        self.available = True
         self.samples.clear()
+        start = self._read_counter()
+        self._counter_mj = [] if start is None else [start]
         self._stop.clear()
-        self._t0 = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="nvml-sampler")
+        self._window = (time.perf_counter(), 0.0)
         self._thread.start()
         return self
+
+    def _device_handle(self):
+        n = self._nvml
+        if self.index is None:
+            uuid = _cuda_uuid()
+            if uuid is not None:
+                try:
+                    return n.nvmlDeviceGetHandleByUUID(uuid)
+                except n.NVMLError as exc:  # e.g. a MIG slice: fall back to the first GPU
+                    log.info("NVML does not know CUDA device %s (%s); using index 0", uuid, exc)
+        return n.nvmlDeviceGetHandleByIndex(self.index or 0)
+
+    def _read_counter(self) -> int | None:
+        try:
+            return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except self._nvml.NVMLError:  # NotSupported before Volta and on some boards
+            return None
 
     def _run(self) -> None:
         n, h = self._nvml, self._handle
         while not self._stop.is_set():
-            self.samples.append(
-                (
-                    time.perf_counter(),
-                    n.nvmlDeviceGetPowerUsage(h) / 1000.0,
-                    n.nvmlDeviceGetMemoryInfo(h).used,
-                    n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
-                    n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),
+            try:
+                self.samples.append(
+                    (
+                        time.perf_counter(),
+                        n.nvmlDeviceGetPowerUsage(h) / 1000.0,
+                        n.nvmlDeviceGetMemoryInfo(h).used,
+                        n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+                        n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),
+                    )
                 )
-            )
+            except n.NVMLError as exc:
+                log.info("NVML sampling stopped: %s", exc)
+                return
             self._stop.wait(self.period_s)
 
     def __exit__(self, *exc: object) -> None:
         if not self.available:
             return
-        self._t1 = time.perf_counter()
+        self._window = (self._window[0], time.perf_counter())
+        end = self._read_counter()
+        if self._counter_mj and end is not None:
+            self._counter_mj.append(end)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         self._nvml.nvmlShutdown()
 
-    def energy_j(self) -> float | None:
-        """Trapezoidal integral of power over the sampled window."""
-        if len(self.samples) < 2:
-            return None
-        e = 0.0
-        for (t0, p0, *_), (t1, p1, *_) in zip(self.samples, self.samples[1:]):
-            e += (t1 - t0) * (p0 + p1) / 2
-        return e
+    @property
+    def window_s(self) -> float:
+        return max(0.0, self._window[1] - self._window[0])
+
+    def energy(self) -> tuple[float | None, str]:
+        """(joules over the window, method): the energy counter when it moved, else samples."""
+        if len(self._counter_mj) == 2 and self._counter_mj[1] > self._counter_mj[0]:
+            return (self._counter_mj[1] - self._counter_mj[0]) / 1000.0, COUNTER
+        return trapezoid_j([(s[0], s[1]) for s in self.samples]), SAMPLES
 
     def energy_per_call(self, calls: int) -> float | None:
-        total = self.energy_j()
+        total, _ = self.energy()
         return None if total is None or calls <= 0 else total / calls
 
     def summary(self) -> dict:
-        if not self.samples:
+        """Power, memory, clock and temperature over the window (empty when nothing was read)."""
+        if not self.available or not self.samples:
             return {}
-        watts = [s[1] for s in self.samples]
+        energy, method = self.energy()
+        n = len(self.samples)
         return {
-            "power_w_mean": sum(watts) / len(watts),
-            "power_w_max": max(watts),
+            "energy_j": energy,
+            "energy_method": method,
+            "window_s": self.window_s,
+            "power_w_mean": sum(s[1] for s in self.samples) / n,
+            "power_w_max": max(s[1] for s in self.samples),
             "memory_used_bytes_max": max(s[2] for s in self.samples),
-            "sm_clock_mhz_mean": sum(s[3] for s in self.samples) / len(self.samples),
+            "sm_clock_mhz_mean": sum(s[3] for s in self.samples) / n,
             "temperature_c_max": max(s[4] for s in self.samples),
-            "nvml_samples": len(self.samples),
+            "nvml_samples": n,
         }

@@ -6,6 +6,8 @@ raw samples are kept.  Latency (batch 1) and throughput (each profile batch size
 measurements.  Measurements never overlap: a machine-wide file lock serialises them across
 processes (local workers, Ray workers on the same host).  CPU load and steal are read from
 /proc/stat around each measurement; a noisy one is repeated, and flagged if it stays noisy.
+On GPU profiles with ``nvml = true`` an NVML window spans each timed loop (not its warm-up) and
+gives energy per inference and power/memory/clock/temperature (``petra_hw.nvml``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from petra_hw.nvml import NvmlSampler
 from petra_hw.profiles import MeasureSettings, Profile
 
 log = logging.getLogger(__name__)
@@ -105,7 +108,7 @@ class Measurement:
     repeats: int
     settings: dict
     energy_j: float | None = None  # per inference at batch 1, where the device reports power
-    gpu: dict = field(default_factory=dict)
+    gpu: dict = field(default_factory=dict)  # NVML device and a summary per batch size
     fresh_process: bool = False
 
     @property
@@ -199,26 +202,32 @@ def time_batches(
     x: np.ndarray,
     settings: MeasureSettings,
     clock: Clock = time.perf_counter_ns,
+    window: contextlib.AbstractContextManager | None = None,
 ) -> list[int]:
     """Warm up, then time ``runner(x)`` until min_iters and min_time_s are both reached
-    (or max_time_s has passed); returns raw nanoseconds per iteration."""
+    (or max_time_s has passed); returns raw nanoseconds per iteration.
+
+    ``window`` (the NVML sampler on GPUs) is entered after the warm-up and left after the last
+    synchronised iteration, so what it records belongs to the timed calls only.
+    """
     for _ in range(settings.warmup_iters):
         runner(x)
     runner.synchronize()
     samples: list[int] = []
-    start = clock()
     min_ns, max_ns = settings.min_time_s * 1e9, settings.max_time_s * 1e9
-    while True:
-        t0 = clock()
-        runner(x)
-        runner.synchronize()
-        t1 = clock()
-        samples.append(t1 - t0)
-        elapsed = t1 - start
-        if len(samples) >= settings.min_iters and elapsed >= min_ns:
-            break
-        if (elapsed >= max_ns and len(samples) >= 3) or len(samples) >= MAX_SAMPLES:
-            break
+    with window or contextlib.nullcontext():
+        start = clock()
+        while True:
+            t0 = clock()
+            runner(x)
+            runner.synchronize()
+            t1 = clock()
+            samples.append(t1 - t0)
+            elapsed = t1 - start
+            if len(samples) >= settings.min_iters and elapsed >= min_ns:
+                break
+            if (elapsed >= max_ns and len(samples) >= 3) or len(samples) >= MAX_SAMPLES:
+                break
     return samples
 
 
@@ -244,29 +253,18 @@ def measure(
     rng = np.random.default_rng(seed)
     batches = sorted(set(profile.batch_sizes) | {1})
     repeats, stats, loads = 0, [], []
-    sampler = None
-    if profile.is_gpu and profile.nvml:
-        from petra_hw.nvml import NvmlSampler
-
-        sampler = NvmlSampler()
-    energy_j = None
-    gpu: dict = {}
+    nvml = profile.is_gpu and profile.nvml
     while True:
-        stats, loads = [], []
+        stats, loads, gpu = [], [], {}
         with exclusive():
             for b in batches:
                 x = rng.standard_normal((b, *input_shape)).astype(np.float32)
+                sampler = NvmlSampler() if nvml else None
                 with watch_load(loads):
-                    if sampler is not None and b == 1:
-                        with sampler:
-                            samples = time_batches(runner, x, settings, clock)
-                        energy_j, gpu = (
-                            sampler.energy_per_call(len(samples) + settings.warmup_iters),
-                            sampler.summary(),
-                        )
-                    else:
-                        samples = time_batches(runner, x, settings, clock)
+                    samples = time_batches(runner, x, settings, clock, window=sampler)
                 stats.append(LatencyStats.from_samples(b, samples))
+                if sampler is not None and sampler.available:
+                    gpu = _gpu_record(gpu, sampler, b, len(samples))
         noisy = _noisy(stats, loads, settings)
         if not noisy or repeats >= settings.repeats_if_noisy:
             break
@@ -287,9 +285,23 @@ def measure(
         noisy=noisy,
         repeats=repeats,
         settings=asdict(settings),
-        energy_j=energy_j,
+        energy_j=gpu.get("batches", {}).get("1", {}).get("energy_j_per_sample"),
         gpu=gpu,
     )
+
+
+def _gpu_record(gpu: dict, sampler: NvmlSampler, batch: int, calls: int) -> dict:
+    """Add one batch size's NVML summary.  Energy per sample is the window's energy over the
+    samples its timed calls processed: per inference at batch 1, the ``energy_j`` objective."""
+    per_call = sampler.energy_per_call(calls)
+    summary = {
+        **sampler.summary(),
+        "energy_j_per_sample": None if per_call is None else per_call / batch,
+    }
+    return {
+        "device": sampler.device_name,
+        "batches": {**gpu.get("batches", {}), str(batch): summary},
+    }
 
 
 def measure_artifact(artifact_path: str | Path, profile: Profile, seed: int = 0) -> Measurement:

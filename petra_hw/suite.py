@@ -25,7 +25,7 @@ from petra_hw.errors import UserError
 if TYPE_CHECKING:
     import torch  # imported lazily at run time: suites stay cheap to list
 
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "embedding"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class Splits:
     calib: Split
     val: Split
     test: Split
+    # (mean, std) of regression targets standardized for training; metrics see original units
+    target_scale: tuple[float, float] | None = None
 
     def by_name(self, name: str) -> Split:
         if name not in ("train", "calib", "val", "test"):
@@ -75,6 +77,13 @@ def _rmse(outputs: np.ndarray, targets: np.ndarray) -> float:
 
 ACCURACY = Metric("accuracy", True, _accuracy)
 RMSE = Metric("rmse", False, _rmse)
+
+# Maps a batch of inputs to outputs: an eager model or a deployed runner.
+PredictFn = Callable[["torch.Tensor"], np.ndarray]  # noqa: F821
+# A suite's own training objective, computed from the model and one batch (x, y).
+ModelLoss = Callable[["torch.nn.Module", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # noqa: F821
+# Quality of split ``name`` from a predictor, when it is more than ``metric(outputs, targets)``.
+Evaluate = Callable[[PredictFn, Splits, str], float]
 
 
 @dataclass(frozen=True)
@@ -134,10 +143,27 @@ class Suite:
     description: str = ""
     num_outputs: int = 0
     source: str = ""  # path of the suite file; set by the loader
+    # Optional hooks for suites whose objective or quality is not a plain loss/metric on outputs
+    # (e.g. CoLES: contrastive training, quality = LightGBM on the embeddings).
+    loss_fn: ModelLoss | None = None  # used by the one training loop instead of a named loss
+    evaluate: Evaluate | None = None  # used by baseline scoring and by judge instead of metric
 
     @property
-    def default_loss(self) -> str:
+    def default_loss(self) -> str | ModelLoss:
+        if self.loss_fn is not None:
+            return self.loss_fn
         return "cross_entropy" if self.task == "classification" else "mse"
+
+    def score(self, predict: PredictFn, splits: Splits, name: str) -> float:
+        """Quality of split ``name`` through ``predict`` (the suite's evaluate hook or metric)."""
+        if self.evaluate is not None:
+            return float(self.evaluate(predict, splits, name))
+        split = splits.by_name(name)
+        outputs, targets = predict(split.x), split.y.numpy()
+        if splits.target_scale is not None:
+            mean, std = splits.target_scale
+            outputs, targets = outputs * std + mean, targets * std + mean
+        return self.metric(outputs, targets)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         import torch

@@ -2,7 +2,8 @@
 
 Early stopping monitors a held-out slice of *train* (or the calib split), never val or test, so the
 split that judges a candidate is never fitted on.  A NaN or infinite loss ends training with
-``TrainingError``, which the evaluator records as the candidate's error.
+``TrainingError``, which the evaluator records as the candidate's error.  A suite may bring its
+own objective (``Suite.loss_fn``, e.g. CoLES's contrastive loss); it then replaces the named losses.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from petra_hw.suite import Split
+from petra_hw.suite import ModelLoss, Split
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,26 @@ class TrainResult:
     wall_s: float
 
 
-def make_loss(name: str, default: str) -> nn.Module:
+class SuiteLoss(nn.Module):
+    """A suite's own objective (``Suite.loss_fn``): it needs the model and the batch, not outputs.
+
+    CoLES, for one, runs the model on random sub-sequences of each client's history.
+    """
+
+    def __init__(self, fn: ModelLoss) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.fn(model, x, y)
+
+
+def make_loss(name: str, default: str | ModelLoss) -> nn.Module:
     """Map a pipeline's loss setting to a torch loss; 'default' is the suite's own."""
+    if not isinstance(default, str):
+        if name != "default":
+            raise ValueError(f"loss {name!r}: this suite trains with its own objective ('default')")
+        return SuiteLoss(default)
     name = default if name == "default" else name
     losses: dict[str, Callable[[], nn.Module]] = {
         "cross_entropy": nn.CrossEntropyLoss,
@@ -66,9 +85,20 @@ def make_optimizer(
 
 def compute_loss(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The loss exactly as training computes it (class targets cast to long, regression reshaped)."""
+    if isinstance(loss_fn, SuiteLoss):
+        raise TypeError("the suite's own objective needs the model and the batch: use batch_loss")
     if isinstance(loss_fn, nn.CrossEntropyLoss):
         return loss_fn(out, y.long())
     return loss_fn(out.reshape(y.shape), y.float())
+
+
+def batch_loss(
+    loss_fn: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """One batch's training loss: the suite's own objective, or ``compute_loss`` on ``model(x)``."""
+    if isinstance(loss_fn, SuiteLoss):
+        return loss_fn(model, x, y)
+    return compute_loss(loss_fn, model(x), y)
 
 
 @torch.no_grad()
@@ -79,7 +109,7 @@ def evaluate_loss(
     total, n = 0.0, 0
     for i in range(0, len(split), batch_size):
         x, y = split.x[i : i + batch_size], split.y[i : i + batch_size]
-        total += float(compute_loss(loss_fn, model(x), y)) * len(x)
+        total += float(batch_loss(loss_fn, model, x, y)) * len(x)
         n += len(x)
     return total / max(n, 1)
 
@@ -94,7 +124,7 @@ def train(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     loss: str = "default",
-    default_loss: str = "cross_entropy",
+    default_loss: str | ModelLoss = "cross_entropy",
     seed: int = 0,
     extra_loss: ExtraLoss | None = None,
     monitor: Split | None = None,
@@ -133,7 +163,7 @@ def train(
             if len(idx) < 2 and len(data) > 1:
                 continue  # BatchNorm cannot train on a batch of one
             x, y = data.x[idx], data.y[idx]
-            value = compute_loss(loss_fn, model(x), y)
+            value = batch_loss(loss_fn, model, x, y)
             if extra_loss is not None:
                 value = value + extra_loss(model)
             if not torch.isfinite(value):
