@@ -117,3 +117,30 @@ def check_supported(backend: Backend, profile: Profile, precision: str) -> None:
     reason = backend.available(profile)
     if reason:
         raise UserError(f"backend '{backend.name}' is not available here: {reason}")
+
+
+def float_precision(profile: Profile) -> str:
+    """What a pipeline without quantization deploys at: fp16 on GPUs that run it, else fp32."""
+    return "fp16" if profile.is_gpu and "fp16" in profile.precisions else "fp32"
+
+
+def choose_backend(profile: Profile, precision: str, pinned: str | None = None) -> str:
+    """The pinned backend, or the profile's first available backend that compiles ``precision``."""
+    if pinned:
+        check_supported(get_backend(pinned), profile, precision)
+        return pinned
+    if precision not in profile.precisions:
+        raise UserError(
+            f"device '{profile.name}' does not run {precision} "
+            f"(it runs {', '.join(profile.precisions)})"
+        )
+    reasons = []
+    for name in profile.backends:
+        try:
+            check_supported(get_backend(name), profile, precision)
+            return name
+        except UserError as exc:
+            reasons.append(str(exc))
+    raise UserError(
+        f"no backend of device '{profile.name}' can compile {precision}: {'; '.join(reasons)}"
+    )

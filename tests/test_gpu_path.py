@@ -77,7 +77,7 @@ def _qdq(path) -> tuple[list, dict]:
             if n.op_type == "Constant"
         }
     )
-    return [n for n in graph.node if "Quant" in n.op_type], consts
+    return [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")], consts
 
 
 def _check_trt_int8_graph(path, model, x: torch.Tensor) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from petra_hw.commands.common import add_suite_args, new_out_dir
 from petra_hw.console import console, errors, mb, table
-from petra_hw.errors import UserError
 
 COLUMNS = [
     "backend", "precision", "p50 ms", "throughput ips", "batch", "size MB", "int8 ops",
@@ -33,37 +32,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def float_precision(profile) -> str:
-    """What a pipeline without quantization deploys at: fp16 on GPUs that run it, else fp32."""
-    return "fp16" if profile.is_gpu and "fp16" in profile.precisions else "fp32"
-
-
-def choose_backend(profile, precision: str, pinned: str | None):
-    """The pinned backend, or the profile's first available one that compiles ``precision``."""
-    from petra_hw.backend import check_supported, get_backend
-
-    if pinned:
-        backend = get_backend(pinned)
-        check_supported(backend, profile, precision)
-        return backend
-    if precision not in profile.precisions:
-        raise UserError(
-            f"device '{profile.name}' does not run {precision} (it runs {', '.join(profile.precisions)})"
-        )
-    reasons = []
-    for name in profile.backends:
-        try:
-            backend = get_backend(name)
-            check_supported(backend, profile, precision)
-            return backend
-        except UserError as exc:
-            reasons.append(str(exc))
-    raise UserError(
-        f"no backend of device '{profile.name}' can compile {precision}: {'; '.join(reasons)}"
-    )
-
-
 def run(args: argparse.Namespace) -> int:
+    from petra_hw.backend import choose_backend, float_precision, get_backend
     from petra_hw.baseline import get_baseline, predict
     from petra_hw.evaluate import compile_model, judge
     from petra_hw.pipeline import parse_pipeline
@@ -76,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     for note in check_host(profile):
         errors.print(f"note: {note}")
     intent = resolve(pipeline, float_precision(profile))
-    backend = choose_backend(profile, intent.precision, args.backend)
+    backend = get_backend(choose_backend(profile, intent.precision, args.backend))
     suite = load_suite(args.suite)
     out = new_out_dir(args.out, Path("reports"), f"compile-{suite.name}")
 

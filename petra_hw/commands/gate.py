@@ -62,11 +62,12 @@ def _print(result: GateResult, settings: GateSettings) -> None:
     from rich.table import Table
 
     t = Table(
-        title=f"gate: latency median +{settings.latency_tolerance:.0%} and U test p < "
-        f"{settings.alpha:g}; quality -{settings.quality_tolerance_pp:g} pp",
+        title=f"gate: a regression is p50 and p10 latency +{settings.latency_tolerance:.0%} with "
+        f"U test p < {settings.alpha:g}, or quality -{settings.quality_tolerance_pp:g} pp",
         title_justify="left",
     )
-    for c in ("benchmark", "baseline p50", "current p50", "change", "p (U)", "quality", "verdict"):
+    columns = ("benchmark", "baseline p50", "current p50", "p50", "p10", "p (U)", "quality", "verdict")
+    for c in columns:
         t.add_column(c, justify="left" if c in ("benchmark", "quality", "verdict") else "right")
     for v in result.verdicts:
         t.add_row(
@@ -74,6 +75,7 @@ def _print(result: GateResult, settings: GateSettings) -> None:
             fmt_seconds(v.base_median_s),
             fmt_seconds(v.current_median_s),
             "-" if v.change is None else f"{v.change:+.1%}",
+            "-" if v.tail_change is None else f"{v.tail_change:+.1%}",
             "-" if v.p_value is None else f"{v.p_value:.2g}",
             escape(_quality(v)),
             f"[{_STYLE[v.status]}]{v.status}[/]",

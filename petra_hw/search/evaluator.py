@@ -36,13 +36,14 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from petra_hw.backend import choose_backend as _choose_backend
+from petra_hw.backend import float_precision
 from petra_hw.baseline import Baseline, predict
 from petra_hw.errors import UserError
 from petra_hw.evaluate import compile_model, judge
@@ -219,39 +220,12 @@ def _prefix_cache(env: _Env, ctx: EvalContext):
     return env.cache
 
 
-def float_precision(profile: Profile) -> str:
-    """The precision a pipeline without quantization deploys at: fp16 on GPUs, else fp32."""
-    return "fp16" if profile.is_gpu and "fp16" in profile.precisions else "fp32"
-
-
-@cache
-def _backend_status(name: str, profile: Profile) -> tuple[tuple[str, ...], str | None]:
-    """(precisions, reason it cannot run here or None), checked once per process."""
-    from petra_hw.backend import get_backend
-
-    try:
-        backend = get_backend(name)
-    except UserError as exc:
-        return (), str(exc)
-    return tuple(backend.precisions), backend.available(profile)
-
-
 def choose_backend(profile: Profile, precision: str, pinned: str | None = None) -> str:
-    """The profile's first available backend that compiles ``precision`` (or the pinned one)."""
-    if precision not in profile.precisions:
-        raise _Failed("compile", f"device '{profile.name}' does not run {precision}")
-    reasons = []
-    for name in [pinned] if pinned else profile.backends:
-        precisions, reason = _backend_status(name, profile)
-        if reason:
-            reasons.append(f"{name}: {reason}")
-        elif precision not in precisions:
-            reasons.append(f"{name}: compiles {', '.join(precisions)}")
-        else:
-            return name
-    raise _Failed(
-        "compile", f"no backend compiles {precision} on {profile.name} ({'; '.join(reasons)})"
-    )
+    """``petra_hw.backend.choose_backend``, with the refusal recorded as a compile error."""
+    try:
+        return _choose_backend(profile, precision, pinned)
+    except UserError as exc:
+        raise _Failed("compile", str(exc)) from None
 
 
 def deployable_precisions(profile: Profile, pinned: str | None = None) -> tuple[str, ...]:
