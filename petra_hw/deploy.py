@@ -67,48 +67,47 @@ def _source(run: dict[str, Any], ev: dict[str, Any]) -> Path:
     return src
 
 
-def _snippet(backend: str, files: list[str], manifest: dict[str, Any], gpu: bool) -> str:
-    """How to run the artifact with its runtime alone (x: float32 numpy array)."""
+def _snippet(backend: str, files: list[str], manifest: dict[str, Any], gpu: bool) -> list[str]:
+    """Lines that run the artifact with its runtime alone, after ``x`` (float32 numpy) is made;
+    the first line is the runtime's import.  Empty for a backend we have no recipe for."""
     name = manifest["input"]["name"]
     if backend == "onnxruntime":
         providers = '["CUDAExecutionProvider"]' if gpu else '["CPUExecutionProvider"]'
-        return (
-            "import onnxruntime as ort\n\n"
-            f'session = ort.InferenceSession("{files[0]}", providers={providers})\n'
-            f'y = session.run(None, {{"{name}": x}})[0]'
-        )
+        return [
+            "import onnxruntime as ort",
+            f'session = ort.InferenceSession("{files[0]}", providers={providers})',
+            f'y = session.run(None, {{"{name}": x}})[0]',
+        ]
     if backend == "openvino":
         config = manifest.get("openvino", {}).get("config", {})
         xml = next(f for f in files if f.endswith(".xml"))
-        return (
-            "import openvino as ov\n\n"
-            "core = ov.Core()\n"
-            f'compiled = core.compile_model("{xml}", "CPU", {json.dumps(config)})\n'
-            "y = compiled(x)[0]"
-        )
+        return [
+            "import openvino as ov",
+            f'compiled = ov.Core().compile_model("{xml}", "CPU", {json.dumps(config)})',
+            "y = compiled(x)[0]",
+        ]
     if backend == "torch":
         device = manifest.get("device", "cpu")
-        return (
-            "import torch\n\n"
-            f'program = torch.export.load("{files[0]}")\n'
-            + (
-                "from torch.export.passes import move_to_device_pass\n"
-                'module = move_to_device_pass(program, "cuda").module()\n'
-                if device == "cuda"
-                else "module = program.module()\n"
-            )
-            + "with torch.no_grad():\n"
-            f'    y = module(torch.from_numpy(x).to("{device}")).cpu().numpy()'
-        )
+        to_device = [
+            "from torch.export.passes import move_to_device_pass",
+            'module = move_to_device_pass(program, "cuda").module()',
+        ]
+        return [
+            "import torch",
+            f'program = torch.export.load("{files[0]}")',
+            *(to_device if device == "cuda" else ["module = program.module()"]),
+            "with torch.no_grad():",
+            f'    y = module(torch.from_numpy(x).to("{device}")).cpu().numpy()',
+        ]
     if backend == "tensorrt":
-        return (
-            "import tensorrt as trt\n\n"
-            "runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))\n"
-            f'engine = runtime.deserialize_cuda_engine(open("{files[0]}", "rb").read())\n'
-            "# bind input/output device buffers and run an execution context; the engine only\n"
-            "# loads on the GPU model and TensorRT version in manifest.json"
-        )
-    return ""
+        return [
+            "import tensorrt as trt",
+            "runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))",
+            f'engine = runtime.deserialize_cuda_engine(open("{files[0]}", "rb").read())',
+            "# then bind device buffers and run an execution context; the engine loads only on",
+            "# the GPU model and TensorRT version named in manifest.json",
+        ]
+    return []
 
 
 def _fmt(value: float | None, digits: int, scale: float = 1.0) -> str:
@@ -162,13 +161,14 @@ def readme(run: dict[str, Any], ev: dict[str, Any], manifest: dict[str, Any]) ->
     if snippet:
         lines += [
             "",
-            f"## Load with {ev['backend']} alone",
+            f"## Load with {ev['backend']} alone (run it in this folder)",
             "",
             "```python",
             "import numpy as np",
+            snippet[0],
             "",
             f"x = np.zeros(({example}), dtype=np.float32)",
-            snippet,
+            *snippet[1:],
             "```",
         ]
     return "\n".join(lines) + "\n"
