@@ -93,6 +93,8 @@ def _nncf_quantize(model, request: CompileRequest, settings: dict[str, object]):
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet as Ranges
 
+    nncf.set_log_level(logging.WARNING)  # NNCF logs INFO to its own handler by default
+
     calibration = str(request.option("calibration", "minmax") or "minmax")
     # NNCF has no KL-entropy calibrator; its histogram search is the closest kin.
     ranges = {

@@ -142,6 +142,13 @@ def prepare_onnx(model: nn.Module, request: CompileRequest, dst: Path) -> dict[s
     also receives the intermediate files); returns what to record in the manifest."""
     from petra_hw.steps.qat import is_fake_quantized
 
+    if request.precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"tensorrt cannot compile {request.precision}")
+    mode = str(request.option("int8_mode", "static") or "static")
+    qat = request.precision == "int8" and is_fake_quantized(model)
+    if request.precision == "int8" and not qat and mode != "static":
+        detail = "the model carries no fake quantizers" if mode == "qat" else f"int8_mode {mode!r}"
+        raise ValueError(f"{INT8_HELP} ({detail})")
     export = export_onnx(model, request.input_spec, dst.with_name("export.onnx"), signed_qdq=True)
     if request.precision == "fp32":
         shutil.copyfile(export, dst)
@@ -150,16 +157,11 @@ def prepare_onnx(model: nn.Module, request: CompileRequest, dst: Path) -> dict[s
         from backends.ort_quantize import to_fp16
 
         return {"fp16": to_fp16(export, dst)}
-    if request.precision != "int8":
-        raise ValueError(f"tensorrt cannot compile {request.precision}")
-    mode = str(request.option("int8_mode", "static") or "static")
-    if is_fake_quantized(model):
+    if qat:
         shutil.copyfile(export, dst)
         info: dict[str, object] = {"mode": "qat", "format": "QDQ", "signed": True}
-    elif mode == "static":
-        info = symmetric_ptq(export, dst, request)
     else:
-        raise ValueError(f"{INT8_HELP} (int8_mode {mode!r} has no TensorRT form)")
+        info = symmetric_ptq(export, dst, request)
     return {"quantization": {**info, **check_signed_qdq(dst)}}
 
 
@@ -208,7 +210,7 @@ def check_portable(where: object, built: dict, here: dict[str, str]) -> None:
 
 
 def _write_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # builds may share the timing cache
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
@@ -236,8 +238,11 @@ def build_engine(onnx_path: Path, request: CompileRequest) -> dict[str, object]:
         config.add_optimization_profile(p)
     cache_path = Path(str(request.option("timing_cache") or request.out_dir / TIMING_CACHE))
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    if not config.set_timing_cache(cache, False):
-        log.warning("timing cache %s does not fit this GPU/TensorRT; building without", cache_path)
+    if cache is None or not config.set_timing_cache(cache, False):
+        log.warning(
+            "timing cache %s does not fit this GPU/TensorRT; starting a new one", cache_path
+        )
+        config.set_timing_cache(config.create_timing_cache(b""), False)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise RuntimeError("TensorRT could not build an engine (its errors are in the log)")
@@ -276,8 +281,8 @@ class TensorRTRunner:
         self.contexts = []
         for k, (lo, _, hi) in enumerate(profiles):
             context = engine.create_execution_context()
-            if k:
-                context.set_optimization_profile_async(k, self.stream.cuda_stream)
+            if k and not context.set_optimization_profile_async(k, self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT cannot select optimization profile {k}")
             self.contexts.append((lo, hi, context))
         self.max_batch = profiles[-1][2]
 
@@ -322,8 +327,9 @@ class TensorRTBackend:
         return "; ".join(reasons) or None
 
     def compile(self, model: nn.Module, request: CompileRequest) -> Artifact:
-        if not request.profile.is_gpu:
-            raise ValueError("TensorRT engines are built for GPU profiles only")
+        reason = self.available(request.profile)
+        if reason:
+            raise RuntimeError(f"cannot build a TensorRT engine here: {reason}")
         request.out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="petra-trt-") as tmp:
             info = prepare_onnx(model, request, Path(tmp) / "model.onnx")

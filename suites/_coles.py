@@ -68,7 +68,8 @@ def sample_slices(
     """``views`` random contiguous sub-sequences of each row, left-aligned, re-padded.
 
     Row ``i`` of the input gives rows ``i * views .. i * views + views - 1``.  A slice keeps at
-    least ``min_fraction`` of the history (and at least one event).
+    least ``min_fraction`` of the history (and at least one event).  The time axis is cut to the
+    longest slice: padding after it would not change the encoder's output, only cost time.
     """
     batch, seq_len, fields = x.shape
     lengths = x[..., 0].sum(dim=1).long().clamp_min(1).repeat_interleave(views)
@@ -79,7 +80,8 @@ def sample_slices(
     steps = torch.arange(seq_len)
     index = (start[:, None] + steps[None]).clamp_max(seq_len - 1)
     rows = x.repeat_interleave(views, dim=0).gather(1, index[..., None].expand(-1, -1, fields))
-    return rows * (steps[None] < size[:, None])[..., None]
+    rows = rows * (steps[None] < size[:, None])[..., None]
+    return rows[:, : int(size.max())]
 
 
 def contrastive_loss(
@@ -155,7 +157,8 @@ def downstream_quality(predict: PredictFn, splits: Splits, name: str) -> float:
     model.fit(
         predict(splits.train.x),
         splits.train.y.numpy(),
-        eval_set=[(predict(calib.x), calib.y.numpy())],
+        eval_X=(predict(calib.x),),
+        eval_y=(calib.y.numpy(),),
         eval_metric="auc",
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )

@@ -135,13 +135,11 @@ def test_ptq_gives_symmetric_signed_qdq_for_tensorrt(digits, tmp_path) -> None:
     _check_trt_int8_graph(path, digits.model, digits.splits.val.x)
 
 
-def test_int8_without_qdq_is_refused(digits, tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["dynamic", "qat"])
+def test_int8_without_qdq_is_refused(digits, tmp_path, mode) -> None:
+    request = _request(digits, tmp_path, "int8", int8_mode=mode)
     with pytest.raises(ValueError, match="end the pipeline with QAT"):
-        trt_backend.prepare_onnx(
-            digits.model,
-            _request(digits, tmp_path, "int8", int8_mode="dynamic"),
-            tmp_path / "x.onnx",
-        )
+        trt_backend.prepare_onnx(digits.model, request, tmp_path / "x.onnx")
 
 
 def test_uint8_qdq_is_refused(digits, qat_model, tmp_path) -> None:

@@ -145,6 +145,8 @@ def _quantize(model: nn.Module, ctx: StepContext) -> nn.Module:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+    nncf.set_log_level(logging.WARNING)  # NNCF logs INFO to its own handler by default
+
     calib = ctx.splits.calib
     batches = [calib.x[i : i + CALIB_BATCH] for i in range(0, len(calib), CALIB_BATCH)]
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout

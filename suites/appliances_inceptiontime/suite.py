@@ -157,7 +157,9 @@ def load_appliances(ctx: DataContext) -> Splits:
         if (root / CSV_PATH).exists():
             return _from_csv(root / CSV_PATH, ctx.seed)
         seen.append(str(root.resolve()))
-    raise UserError(f"Appliances Energy data not found under {'; '.join(dict.fromkeys(seen))}. {HINT}")
+    raise UserError(
+        f"Appliances Energy data not found under {'; '.join(dict.fromkeys(seen))}. {HINT}"
+    )
 
 
 def build_inceptiontime(**kwargs: int) -> InceptionTime:

@@ -64,7 +64,7 @@ def make_suite(
         load_splits=load,
         metric=ROC_AUC,
         input_shape=(seq_len, schema.num_fields),
-        train=train or TrainConfig(epochs=15, batch_size=64, optimizer="adam", lr=1e-3),
+        train=train or TrainConfig(epochs=10, batch_size=64, optimizer="adam", lr=1e-3),
         description=(
             "CDNOW purchase log (repeat purchase in 182 days), CoLES GRU encoder + LightGBM"
             if source == "cdnow"
