@@ -313,6 +313,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
+    int8_modes = ("static", "qat")  # explicit Q/DQ only; no dynamic quantization in TensorRT
 
     def available(self, profile: Profile) -> str | None:
         if not profile.is_gpu:

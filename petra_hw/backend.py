@@ -124,10 +124,22 @@ def float_precision(profile: Profile) -> str:
     return "fp16" if profile.is_gpu and "fp16" in profile.precisions else "fp32"
 
 
-def choose_backend(profile: Profile, precision: str, pinned: str | None = None) -> str:
-    """The pinned backend, or the profile's first available backend that compiles ``precision``."""
+def supports_mode(backend: Backend, mode: str) -> bool:
+    """Whether ``backend`` compiles this int8 mode (static, dynamic, qat); others accept all."""
+    modes = getattr(backend, "int8_modes", None)
+    return not mode or modes is None or mode in modes
+
+
+def choose_backend(
+    profile: Profile, precision: str, pinned: str | None = None, mode: str = ""
+) -> str:
+    """The pinned backend, or the profile's first available backend that compiles ``precision``
+    (and, for int8, the ``mode``: TensorRT has no dynamic quantization, for example)."""
     if pinned:
-        check_supported(get_backend(pinned), profile, precision)
+        backend = get_backend(pinned)
+        check_supported(backend, profile, precision)
+        if not supports_mode(backend, mode):
+            raise UserError(f"backend '{pinned}' cannot compile int8 {mode} quantization")
         return pinned
     if precision not in profile.precisions:
         raise UserError(
@@ -137,7 +149,10 @@ def choose_backend(profile: Profile, precision: str, pinned: str | None = None) 
     reasons = []
     for name in profile.backends:
         try:
-            check_supported(get_backend(name), profile, precision)
+            backend = get_backend(name)
+            check_supported(backend, profile, precision)
+            if not supports_mode(backend, mode):
+                raise UserError(f"backend '{name}' cannot compile int8 {mode} quantization")
             return name
         except UserError as exc:
             reasons.append(str(exc))

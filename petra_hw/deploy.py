@@ -83,7 +83,7 @@ def _snippet(backend: str, files: list[str], manifest: dict[str, Any], gpu: bool
         xml = next(f for f in files if f.endswith(".xml"))
         return [
             "import openvino as ov",
-            f'compiled = ov.Core().compile_model("{xml}", "CPU", {json.dumps(config)})',
+            f'compiled = ov.Core().compile_model("{xml}", "CPU", {config!r})',
             "y = compiled(x)[0]",
         ]
     if backend == "torch":
@@ -153,7 +153,7 @@ def readme(run: dict[str, Any], ev: dict[str, Any], manifest: dict[str, Any]) ->
         "import numpy as np",
         "import petra_hw",
         "",
-        "runner = petra_hw.load(\"path/to/this/folder\")  # checks every file's sha256",
+        'runner = petra_hw.load("path/to/this/folder")  # checks every file\'s sha256',
         f"y = runner(np.zeros(({example}), dtype=np.float32))",
         "```",
     ]
@@ -206,8 +206,15 @@ def export_runs(
         manifest = json.loads((dest / MANIFEST).read_text())
         (dest / "README.md").write_text(readme(run, ev, manifest))
         exported.append(
-            Exported(dest, run["id"], run["profile"]["name"], ev["id"], ev["pipeline"],
-                     ev["backend"], ev["precision"])  # fmt: skip
+            Exported(
+                dest,
+                run["id"],
+                run["profile"]["name"],
+                ev["id"],
+                ev["pipeline"],
+                ev["backend"],
+                ev["precision"],
+            )
         )
         log.info("exported %s to %s", ev["pipeline"], dest)
     _index(out, exported)

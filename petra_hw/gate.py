@@ -150,9 +150,7 @@ def _latency(base: Benchmark, cur: Benchmark, s: GateSettings, v: Verdict) -> No
     v.base_median_s, v.current_median_s = base.median_s, cur.median_s
     v.change = cur.median_s / base.median_s - 1.0 if base.median_s > 0 else None
     if len(base.samples_s) >= MIN_SAMPLES and len(cur.samples_s) >= MIN_SAMPLES:
-        v.p_value = float(
-            mannwhitneyu(cur.samples_s, base.samples_s, alternative="greater").pvalue
-        )
+        v.p_value = float(mannwhitneyu(cur.samples_s, base.samples_s, alternative="greater").pvalue)
         tail = [float(np.percentile(b.samples_s, FAST_TAIL_Q)) for b in (base, cur)]
         v.tail_change = tail[1] / tail[0] - 1.0 if tail[0] > 0 else None
     if v.change is None or v.change <= s.latency_tolerance:

@@ -6,15 +6,16 @@ the counter is not supported it is the trapezoidal integral of power samples ins
 coarser, because on recent GPUs the reported power is itself a moving average.  A background thread
 samples power, memory used, SM clock and temperature every ``period_s`` for the summary.
 
-The GPU is the one torch's current CUDA device is (matched by UUID: NVML and CUDA number devices
-differently), else NVML index 0.  Without an NVIDIA driver ``pynvml.nvmlInit()`` raises
-``NVMLError_LibraryNotFound``; the sampler then reports nothing (``available`` is False, energy
-None) instead of failing the measurement.
+The GPU is the one the runner uses (``measured_gpu``: NVML and CUDA may number devices
+differently, so it is matched by UUID where possible).  Without an NVIDIA driver
+``pynvml.nvmlInit()`` raises ``NVMLError_LibraryNotFound``; the sampler then reports nothing
+(``available`` is False, energy None) instead of failing the measurement.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -31,13 +32,19 @@ def trapezoid_j(samples: Sequence[tuple[float, float]]) -> float | None:
     return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(samples, samples[1:]))
 
 
-def _cuda_uuid() -> str | None:
-    """NVML's UUID of torch's current CUDA device, or None without CUDA."""
+def measured_gpu() -> str | int:
+    """The GPU the measured runner uses, as NVML knows it: the UUID of torch's current device when
+    torch has initialised CUDA (torch and TensorRT runners), else the first ``CUDA_VISIBLE_DEVICES``
+    entry (a UUID, or an index, which matches NVML's PCI order under CUDA_DEVICE_ORDER=PCI_BUS_ID),
+    else index 0.  Initialising CUDA here would add a context to the GPU being measured."""
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    return f"GPU-{torch.cuda.get_device_properties(torch.cuda.current_device()).uuid}"
+    if torch.cuda.is_initialized():
+        return f"GPU-{torch.cuda.get_device_properties(torch.cuda.current_device()).uuid}"
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    if first.startswith(("GPU-", "MIG-")):
+        return first
+    return int(first) if first.isdigit() else 0
 
 
 class NvmlSampler:
@@ -84,14 +91,14 @@ class NvmlSampler:
 
     def _device_handle(self):
         n = self._nvml
-        if self.index is None:
-            uuid = _cuda_uuid()
-            if uuid is not None:
-                try:
-                    return n.nvmlDeviceGetHandleByUUID(uuid)
-                except n.NVMLError as exc:  # e.g. a MIG slice: fall back to the first GPU
-                    log.info("NVML does not know CUDA device %s (%s); using index 0", uuid, exc)
-        return n.nvmlDeviceGetHandleByIndex(self.index or 0)
+        gpu = measured_gpu() if self.index is None else self.index
+        if isinstance(gpu, int):
+            return n.nvmlDeviceGetHandleByIndex(gpu)
+        try:
+            return n.nvmlDeviceGetHandleByUUID(gpu)
+        except n.NVMLError as exc:  # e.g. a MIG slice: fall back to the first GPU
+            log.info("NVML does not know CUDA device %s (%s); using index 0", gpu, exc)
+            return n.nvmlDeviceGetHandleByIndex(0)
 
     def _read_counter(self) -> int | None:
         try:

@@ -92,10 +92,15 @@ def test_suite(benchmark, host, suite: str, backend: str, precision: str) -> Non
         pytest.skip(f"{backend} {precision} does not run here: {reason or 'no such precision'}")
     b, reference = baseline_of(host, suite)
     artifact = compile_model(
-        b.model, b.suite, b.splits, dataclasses.replace(profile, batch_sizes=(1,)), backend,
-        precision, host["out"] / f"{suite}-{backend}-{precision}",
+        b.model,
+        b.suite,
+        b.splits,
+        dataclasses.replace(profile, batch_sizes=(1,)),
+        backend,
+        precision,
+        host["out"] / f"{suite}-{backend}-{precision}",
         options=INT8 if precision == "int8" else {},
-    )  # fmt: skip
+    )
     runner = impl.load(artifact, profile)
     out = runner_outputs(runner, b.splits.test.x)
     quality = b.suite.metric(out, b.splits.test.y.numpy())
@@ -109,11 +114,18 @@ def test_suite(benchmark, host, suite: str, backend: str, precision: str) -> Non
     iterations = _iterations(runner, x)
     benchmark.group = f"{suite} batch 1"
     benchmark.extra_info.update(
-        suite=suite, backend=backend, precision=precision, batch=1, metric=b.suite.metric.name,
-        quality_test=quality, baseline_quality_test=b.metrics["test"], top1_agreement=agreement,
-        size_bytes=artifact.size_bytes, threads=profile.effective_threads(),
+        suite=suite,
+        backend=backend,
+        precision=precision,
+        batch=1,
+        metric=b.suite.metric.name,
+        quality_test=quality,
+        baseline_quality_test=b.metrics["test"],
+        top1_agreement=agreement,
+        size_bytes=artifact.size_bytes,
+        threads=profile.effective_threads(),
         iterations=iterations,
-    )  # fmt: skip
+    )
     loads: list = []
     with watch_load(loads):
         benchmark.pedantic(

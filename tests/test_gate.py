@@ -17,8 +17,11 @@ import pytest
 from petra_hw.cli import main
 from petra_hw.gate import GateSettings, compare, load_results
 
-MEDIANS_S = {"digits-onnxruntime-fp32": 60e-6, "digits-onnxruntime-int8": 55e-6,
-             "digits-torch-fp32": 520e-6}  # fmt: skip
+MEDIANS_S = {
+    "digits-onnxruntime-fp32": 60e-6,
+    "digits-onnxruntime-int8": 55e-6,
+    "digits-torch-fp32": 520e-6,
+}
 ROUNDS = 60
 SUMMARY = re.compile(r"^gate: (\d+) passed, (\d+) failed$")
 
@@ -48,19 +51,36 @@ def write_results(
     for name in names:
         x = _samples(rng, MEDIANS_S[name]) * (scale or {}).get(name, 1.0)
         x *= rng.uniform(1 - jitter, 1 + jitter, ROUNDS)
-        stats = {"min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
-                 "median": float(np.median(x)), "rounds": ROUNDS, "iterations": 50}  # fmt: skip
+        stats = {
+            "min": float(x.min()),
+            "max": float(x.max()),
+            "mean": float(x.mean()),
+            "median": float(np.median(x)),
+            "rounds": ROUNDS,
+            "iterations": 50,
+        }
         if keep_data:
             stats["data"] = [float(v) for v in x]
-        benchmarks.append({
-            "group": "digits batch 1", "name": f"test_suite[{name}]",
-            "fullname": f"suites/test_bench_suites.py::test_suite[{name}]", "params": {},
-            "extra_info": {"quality_test": (quality or {}).get(name, 0.9815),
-                           "top1_agreement": 0.99},
-            "options": {}, "stats": stats,
-        })  # fmt: skip
-    doc = {"machine_info": {"cpu": {"brand_raw": "AMD EPYC"}}, "benchmarks": benchmarks,
-           "datetime": "2026-11-23T00:00:00", "version": "5.3.0"}  # fmt: skip
+        benchmarks.append(
+            {
+                "group": "digits batch 1",
+                "name": f"test_suite[{name}]",
+                "fullname": f"suites/test_bench_suites.py::test_suite[{name}]",
+                "params": {},
+                "extra_info": {
+                    "quality_test": (quality or {}).get(name, 0.9815),
+                    "top1_agreement": 0.99,
+                },
+                "options": {},
+                "stats": stats,
+            }
+        )
+    doc = {
+        "machine_info": {"cpu": {"brand_raw": "AMD EPYC"}},
+        "benchmarks": benchmarks,
+        "datetime": "2026-11-23T00:00:00",
+        "version": "5.3.0",
+    }
     path.write_text(json.dumps(doc))
     return path
 
@@ -140,8 +160,9 @@ def test_missing_benchmark_fails_and_new_one_is_not_gated(capsys, baseline, tmp_
 def test_without_raw_samples_the_median_threshold_decides(capsys, tmp_path) -> None:
     base = write_results(tmp_path / "b.json", seed=0, keep_data=False)
     same = write_results(tmp_path / "s.json", seed=6, keep_data=False)
-    slow = write_results(tmp_path / "c.json", seed=6, keep_data=False,
-                         scale={"digits-torch-fp32": 1.3})  # fmt: skip
+    slow = write_results(
+        tmp_path / "c.json", seed=6, keep_data=False, scale={"digits-torch-fp32": 1.3}
+    )
     assert gate(capsys, base, same)[0] == 0
     code, out = gate(capsys, base, slow)
     assert code == 1 and any("raw samples" in line for line in out)

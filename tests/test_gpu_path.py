@@ -226,6 +226,15 @@ def test_nvml_absence_gives_no_energy_and_no_error(cpu_profile) -> None:
     assert m.energy_j is None and m.gpu == {}
 
 
+@pytest.mark.skipif(torch.cuda.is_initialized(), reason="CUDA in use: the UUID wins")
+@pytest.mark.parametrize("visible, want", [("", 0), ("2,3", 2), ("GPU-1a2b", "GPU-1a2b")])
+def test_measured_gpu_follows_cuda_visible_devices(monkeypatch, visible, want) -> None:
+    from petra_hw.nvml import measured_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert measured_gpu() == want
+
+
 def test_energy_integral_of_power_samples() -> None:
     assert trapezoid_j([(0.0, 100.0), (1.0, 100.0), (3.0, 200.0)]) == pytest.approx(400.0)
     assert trapezoid_j([(0.0, 100.0)]) is None
@@ -313,7 +322,7 @@ def test_cuda_graphs_runner_equals_eager(digits, tmp_path):
     assert isinstance(graphs, CudaGraphRunner)
     for n in (1, 5, 1):  # a second shape, then the first graph replayed again
         x = digits.splits.val.x[:n].numpy()
-        np.testing.assert_allclose(graphs(x), eager(x), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(graphs(x), eager(x), rtol=1e-2, atol=1e-2)
     assert len(graphs.graphs) == 2
 
 
@@ -325,7 +334,8 @@ def test_nvml_energy_during_a_measurement(digits, tmp_path):
     runner, profile = _compile_torch(digits, tmp_path, "fp16")
     settings = dataclasses.replace(QUICK, min_time_s=1.0)
     profile = dataclasses.replace(profile, measurement=settings)
-    m = measure(runner, (1, 8, 8), profile, backend="torch", precision="fp16", size_bytes=1)
+    shape = tuple(digits.suite.input_shape)
+    m = measure(runner, shape, profile, backend="torch", precision="fp16", size_bytes=1)
     assert m.energy_j is not None and m.energy_j > 0
     one = m.gpu["batches"]["1"]
     assert one["memory_used_bytes_max"] > 0 and one["sm_clock_mhz_mean"] > 0

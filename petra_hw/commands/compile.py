@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     for note in check_host(profile):
         errors.print(f"note: {note}")
     intent = resolve(pipeline, float_precision(profile))
-    backend = get_backend(choose_backend(profile, intent.precision, args.backend))
+    backend = get_backend(choose_backend(profile, intent.precision, args.backend, intent.mode))
     suite = load_suite(args.suite)
     out = new_out_dir(args.out, Path("reports"), f"compile-{suite.name}")
 

@@ -31,7 +31,12 @@ def run(args: argparse.Namespace) -> int:
     run_dirs = [find_run(r, args.base) for r in args.runs]
     exported = export_runs(run_dirs, args.out, None if args.front else args.candidate)
     rows = [[e.profile, e.pipeline, e.backend, e.precision, str(e.path)] for e in exported]
-    console.print(table(f"exported to {args.out}", ["device", "pipeline", "backend",
-                                                    "precision", "folder"], rows))  # fmt: skip
+    console.print(
+        table(
+            f"exported to {args.out}",
+            ["device", "pipeline", "backend", "precision", "folder"],
+            rows,
+        )
+    )
     console.print('load with petra_hw.load("<folder>"); each folder\'s README.md shows how')
     return 0

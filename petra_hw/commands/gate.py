@@ -66,7 +66,16 @@ def _print(result: GateResult, settings: GateSettings) -> None:
         f"U test p < {settings.alpha:g}, or quality -{settings.quality_tolerance_pp:g} pp",
         title_justify="left",
     )
-    columns = ("benchmark", "baseline p50", "current p50", "p50", "p10", "p (U)", "quality", "verdict")
+    columns = (
+        "benchmark",
+        "baseline p50",
+        "current p50",
+        "p50",
+        "p10",
+        "p (U)",
+        "quality",
+        "verdict",
+    )
     for c in columns:
         t.add_column(c, justify="left" if c in ("benchmark", "quality", "verdict") else "right")
     for v in result.verdicts:

@@ -214,7 +214,8 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
             "original": original.candidate.id if original is not None else None,
             "front": [e.candidate.id for e in front],
             "evaluations": [
-                _evaluation(i + 1, e, objectives, names, front_ids) for i, e in enumerate(evaluations)
+                _evaluation(i + 1, e, objectives, names, front_ids)
+                for i, e in enumerate(evaluations)
             ],
             "hypervolume": [
                 {
@@ -235,7 +236,7 @@ def build_document(run_dirs: list[str | Path]) -> dict[str, Any]:
         raise UserError("no run to report")
     return {
         "schema_version": SCHEMA_VERSION,
-        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "petra_hw_version": __version__,
         "runs": [build_run(d) for d in run_dirs],
     }

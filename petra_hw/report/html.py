@@ -53,27 +53,51 @@ def _num(value: Any, digits: int, scale: float = 1.0) -> str:
 
 def _candidates(run: dict[str, Any]) -> str:
     """Every evaluation of a run, errors included."""
-    header = ["#", "pipeline", "id", "gen", "operator", "backend, precision", "val", "test",
-              "p50 ms", "IQR ms", "throughput ips", "size MB", "feasible", "front", "error"]  # fmt: skip
+    header = [
+        "#",
+        "pipeline",
+        "id",
+        "gen",
+        "operator",
+        "backend, precision",
+        "val",
+        "test",
+        "p50 ms",
+        "IQR ms",
+        "throughput ips",
+        "size MB",
+        "feasible",
+        "front",
+        "error",
+    ]
     rows = []
     for e in run["evaluations"]:
         lat = (e["measurement"] or {}).get("latency", {})
-        rows.append([
-            str(e["seq"]), e["pipeline"], e["id"], str(e["generation"]), e["operator"] or "",
-            f"{e['backend']} {e['precision']}".strip(), _num(e["quality"].get("val"), 4),
-            _num(e["quality"].get("test"), 4), _num(lat.get("p50_ms"), 4),
-            _num(lat.get("iqr_ms"), 4), _num(e["objectives"].get("throughput_ips"), 0),
-            _num(e["objectives"].get("size_bytes"), 3, 1e6), "yes" if e["feasible"] else "no",
-            "yes" if e["on_front"] else "", "" if e["ok"] else f"{e['error_kind']}: {e['error']}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                str(e["seq"]),
+                e["pipeline"],
+                e["id"],
+                str(e["generation"]),
+                e["operator"] or "",
+                f"{e['backend']} {e['precision']}".strip(),
+                _num(e["quality"].get("val"), 4),
+                _num(e["quality"].get("test"), 4),
+                _num(lat.get("p50_ms"), 4),
+                _num(lat.get("iqr_ms"), 4),
+                _num(e["objectives"].get("throughput_ips"), 0),
+                _num(e["objectives"].get("size_bytes"), 3, 1e6),
+                "yes" if e["feasible"] else "no",
+                "yes" if e["on_front"] else "",
+                "" if e["ok"] else f"{e['error_kind']}: {e['error']}",
+            ]
+        )
     return _table(header, rows, [e["on_front"] for e in run["evaluations"]])
 
 
 def render_html(document: dict[str, Any], plots: list[SavedPlot]) -> str:
     runs = document["runs"]
-    title = "petra-hw report: " + ", ".join(
-        f"{r['suite']} on {r['profile']['name']}" for r in runs
-    )
+    title = "petra-hw report: " + ", ".join(f"{r['suite']} on {r['profile']['name']}" for r in runs)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -70,8 +70,13 @@ def pareto_figure(run: dict[str, Any], x: str, y: str) -> Figure:
     original = next((e for e in ok if e["id"] == run["original"]), None)
     others = [e for e in ok if e is not original]
     groups = (
-        ("dominated", [e for e in others if e["feasible"] and not e["on_front"]], "o", "#8c8c8c",
-         True),
+        (
+            "dominated",
+            [e for e in others if e["feasible"] and not e["on_front"]],
+            "o",
+            "#8c8c8c",
+            True,
+        ),
         ("infeasible", [e for e in others if not e["feasible"]], "o", "#8c8c8c", False),
         ("Pareto front", [e for e in others if e["on_front"]], "D", "#d62728", True),
     )
@@ -88,11 +93,23 @@ def pareto_figure(run: dict[str, Any], x: str, y: str) -> Figure:
             )
     for e in ok:
         if e["on_front"]:
-            ax.annotate(e["pipeline"][:40], (_value(e, x), _value(e, y)), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                e["pipeline"][:40],
+                (_value(e, x), _value(e, y)),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
     if original is not None:
-        ax.scatter([_value(original, x)], [_value(original, y)], marker="*", s=160,
-                   color="black", label="Original", zorder=3)  # fmt: skip
+        ax.scatter(
+            [_value(original, x)],
+            [_value(original, y)],
+            marker="*",
+            s=160,
+            color="black",
+            label="Original",
+            zorder=3,
+        )
     failed = len(run["evaluations"]) - len(ok)
     ax.set_xlabel(_label(x, run))
     ax.set_ylabel(_label(y, run))
@@ -112,8 +129,12 @@ def hypervolume_figure(runs: list[dict[str, Any]]) -> Figure:
     for run in runs:
         points = run["hypervolume"]
         if points:
-            ax.plot([p["evaluations"] for p in points], [p["value"] for p in points], marker="o",
-                    label=f"{run['suite']} on {run['profile']['name']}")  # fmt: skip
+            ax.plot(
+                [p["evaluations"] for p in points],
+                [p["value"] for p in points],
+                marker="o",
+                label=f"{run['suite']} on {run['profile']['name']}",
+            )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("evaluations (Original included)")
     ax.set_ylabel("hypervolume (normalized objectives)")
@@ -126,8 +147,14 @@ def hypervolume_figure(runs: list[dict[str, Any]]) -> Figure:
 
 def figures(document: dict[str, Any]) -> list[Plot]:
     """Hypervolume of all runs, then a Pareto scatter per run and pair of objectives."""
-    out = [Plot("hypervolume", None, "hypervolume versus evaluations",
-                hypervolume_figure(document["runs"]))]  # fmt: skip
+    out = [
+        Plot(
+            "hypervolume",
+            None,
+            "hypervolume versus evaluations",
+            hypervolume_figure(document["runs"]),
+        )
+    ]
     for run in document["runs"]:
         for a, b in itertools.combinations(_axes(run), 2):
             # the first objective (quality first) goes up the y axis

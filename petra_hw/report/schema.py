@@ -27,9 +27,18 @@ _TIMING = {
         **{
             k: _NUM
             for k in (
-                "p25_ms", "p50_ms", "p75_ms", "p90_ms", "p99_ms", "iqr_ms", "mean_ms",
-                "stdev_ms", "min_ms", "cv", "throughput_ips",
-            )  # fmt: skip
+                "p25_ms",
+                "p50_ms",
+                "p75_ms",
+                "p90_ms",
+                "p99_ms",
+                "iqr_ms",
+                "mean_ms",
+                "stdev_ms",
+                "min_ms",
+                "cv",
+                "throughput_ips",
+            )
         },
     },
 }
@@ -56,9 +65,22 @@ _MEASUREMENT = {
 _EVALUATION = {
     "type": "object",
     "required": [
-        "seq", "id", "pipeline", "pipeline_json", "ok", "error", "error_kind", "feasible",
-        "on_front", "backend", "precision", "quality", "objectives", "measurement", "artifact",
-    ],  # fmt: skip
+        "seq",
+        "id",
+        "pipeline",
+        "pipeline_json",
+        "ok",
+        "error",
+        "error_kind",
+        "feasible",
+        "on_front",
+        "backend",
+        "precision",
+        "quality",
+        "objectives",
+        "measurement",
+        "artifact",
+    ],
     "properties": {
         "seq": {"type": "integer", "minimum": 1},
         "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
@@ -97,10 +119,25 @@ _EVALUATION = {
 _RUN = {
     "type": "object",
     "required": [
-        "id", "dir", "status", "suite", "seed", "strategy", "settings", "stats", "profile",
-        "metric", "environment", "packages", "git_commit", "objective_names", "original",
-        "front", "evaluations", "hypervolume",
-    ],  # fmt: skip
+        "id",
+        "dir",
+        "status",
+        "suite",
+        "seed",
+        "strategy",
+        "settings",
+        "stats",
+        "profile",
+        "metric",
+        "environment",
+        "packages",
+        "git_commit",
+        "objective_names",
+        "original",
+        "front",
+        "evaluations",
+        "hypervolume",
+    ],
     "properties": {
         "id": {"type": "string"},
         "dir": {"type": "string"},

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from petra_hw.backend import float_precision
 from petra_hw.pipeline import Pipeline
 from petra_hw.precision import resolve
-from petra_hw.search.evaluator import float_precision
 
 COLUMNS = ("quality", "latency ms", "throughput ips", "size MB", "backend, precision")
 NOT_RUNNABLE_KINDS = ("compile",)
@@ -51,7 +51,12 @@ def fmt_cell(value: float | None, ref: float | None, digits: int, scale: float =
 
 def _values(ev: dict[str, Any], split: str) -> tuple[float | None, ...]:
     o = ev["objectives"]
-    return (ev["quality"].get(split), o.get("latency_ms"), o.get("throughput_ips"), o.get("size_bytes"))
+    return (
+        ev["quality"].get(split),
+        o.get("latency_ms"),
+        o.get("throughput_ips"),
+        o.get("size_bytes"),
+    )
 
 
 FORMATS = ((4, 1.0), (4, 1.0), (0, 1.0), (3, 1e6))  # digits, scale of each value column
@@ -97,7 +102,9 @@ def _group_cells(run: dict[str, Any], ev: dict[str, Any] | None, pipeline_json: 
 
 def _labels(runs: list[dict[str, Any]]) -> list[str]:
     names = [r["profile"]["name"] for r in runs]
-    return [n if names.count(n) == 1 else f"{n} ({r['id']})" for n, r in zip(names, runs, strict=True)]
+    return [
+        n if names.count(n) == 1 else f"{n} ({r['id']})" for n, r in zip(names, runs, strict=True)
+    ]
 
 
 def _notes(runs: list[dict[str, Any]], labels: list[str]) -> list[str]:

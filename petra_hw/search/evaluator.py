@@ -220,10 +220,12 @@ def _prefix_cache(env: _Env, ctx: EvalContext):
     return env.cache
 
 
-def choose_backend(profile: Profile, precision: str, pinned: str | None = None) -> str:
+def choose_backend(
+    profile: Profile, precision: str, pinned: str | None = None, mode: str = ""
+) -> str:
     """``petra_hw.backend.choose_backend``, with the refusal recorded as a compile error."""
     try:
-        return _choose_backend(profile, precision, pinned)
+        return _choose_backend(profile, precision, pinned, mode)
     except UserError as exc:
         raise _Failed("compile", str(exc)) from None
 
@@ -374,7 +376,7 @@ def _evaluate(
     pipeline = candidate.pipeline
     intent = resolve(pipeline, float_precision(profile))
     state["precision"] = intent.label()
-    backend = choose_backend(profile, intent.precision, ctx.backend)
+    backend = choose_backend(profile, intent.precision, ctx.backend, intent.mode)
     state["backend"] = backend
     fault = _active_fault(ctx.fault, pipeline)
     out_dir = ctx.run_dir / "candidates" / candidate.id

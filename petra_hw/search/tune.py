@@ -335,6 +335,10 @@ class _Session:
         check_host(profile)
         suite = load_suite(s.suite)
         self.objective_config = ObjectiveConfig(
+            # energy is an objective wherever the device reports it (NVML on GPU profiles)
+            names=(*ObjectiveConfig().names, "energy_j")
+            if profile.nvml
+            else ObjectiveConfig().names,
             higher_is_better=suite.metric.higher_is_better,
             max_latency_ms=s.max_latency_ms,
             max_size_mb=s.max_size_mb,
