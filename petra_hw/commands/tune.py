@@ -164,18 +164,12 @@ def _summary(result) -> None:
 
 
 def _write_report(run_dir: Path) -> None:
-    """Call ``petra_hw.report.write_report`` when that module exists (added by another issue)."""
-    try:
-        from petra_hw.report import write_report
-    except ModuleNotFoundError as exc:
-        if exc.name == "petra_hw.report":
-            return
-        raise
-    except ImportError:
-        return
-    path = write_report(run_dir)
-    if path:
-        console.print(f"report: {path}")
+    """Write report.json / report.md / report.html for the run, as every tune does."""
+    from petra_hw.report import write_report
+
+    paths = write_report(run_dir)
+    shown = [str(paths[k]) for k in ("markdown", "html", "json") if k in paths]
+    console.print("report: " + ", ".join(shown))
 
 
 # -- entry point -------------------------------------------------------------------------------
