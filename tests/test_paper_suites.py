@@ -120,6 +120,7 @@ def test_appliances_splits_whole_weeks_train_statistics(appliances_csv) -> None:
     first = min(int(i.min()) for i in ids)  # ids are day ordinals
     _assert_disjoint([(i - first) // 7 for i in ids])
     assert sum(len(i) for i in ids) == 103 and all(len(i) >= 7 for i in ids)
+    assert all(i.max() - i.min() >= 42 for i in ids)  # every split spans the season
     assert any(not np.array_equal(x, y) for x, y in zip(ids, _ids(b)))
     assert tuple(a.train.x.shape[1:]) == suite.input_shape
     # standardized with train statistics only

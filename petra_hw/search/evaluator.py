@@ -54,7 +54,13 @@ from petra_hw.profiles import Profile, load_profile
 from petra_hw.search.objectives import ObjectiveConfig, Objectives
 from petra_hw.search.types import Candidate, Evaluation
 from petra_hw.suite import DataContext, Splits, Suite, load_suite
-from petra_hw.training import TrainingError, compute_loss, evaluate_loss, make_loss
+from petra_hw.training import (
+    SuiteLoss,
+    TrainingError,
+    compute_loss,
+    evaluate_loss,
+    make_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +256,9 @@ def _losses(env: _Env, loss_name: str) -> tuple[float, float]:
         loss_fn = make_loss(loss_name, suite.default_loss)
         start = evaluate_loss(env.baseline.model, splits.calib, loss_fn)
         y = splits.calib.y
+        if isinstance(loss_fn, SuiteLoss):  # a suite's own objective has no constant predictor
+            env.base_losses[loss_name] = (start, 0.0)
+            return env.base_losses[loss_name]
         if isinstance(loss_fn, nn.CrossEntropyLoss):
             classes = suite.num_outputs or int(splits.train.y.max()) + 1
             constant = torch.zeros(len(y), classes)

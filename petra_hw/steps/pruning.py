@@ -28,7 +28,7 @@ from torch.nn.utils import prune
 from petra_hw.pipeline import Step
 from petra_hw.steps.base import StepContext, register
 from petra_hw.suite import Split
-from petra_hw.training import compute_loss, make_loss, train
+from petra_hw.training import batch_loss, make_loss, train
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def accumulate_taylor_grads(model: nn.Module, ctx: StepContext) -> None:
     with torch.enable_grad():
         for i in range(0, len(data), GRAD_BATCH_SIZE):
             x, y = data.x[i : i + GRAD_BATCH_SIZE], data.y[i : i + GRAD_BATCH_SIZE]
-            (compute_loss(loss_fn, model(x), y) / n_batches).backward()
+            (batch_loss(loss_fn, model, x, y) / n_batches).backward()
 
 
 def accumulate_fisher_diagonal(model: nn.Module, ctx: StepContext) -> None:
@@ -120,7 +120,7 @@ def accumulate_fisher_diagonal(model: nn.Module, ctx: StepContext) -> None:
     with torch.enable_grad():
         for i in range(len(data)):
             model.zero_grad(set_to_none=True)
-            compute_loss(loss_fn, model(data.x[i : i + 1]), data.y[i : i + 1]).backward()
+            batch_loss(loss_fn, model, data.x[i : i + 1], data.y[i : i + 1]).backward()
             for f, p in zip(fisher, params, strict=True):
                 if p.grad is not None:
                     f += p.grad.pow(2)

@@ -174,6 +174,7 @@ def fake_quant_train(model: nn.Module, step: Step, ctx: StepContext) -> nn.Modul
 def fold_quantized_weights(fq: nn.Module, plain: nn.Module, example: torch.Tensor) -> nn.Module:
     """Load ``fq``'s weights into ``plain`` (same structure, no hooks), each weight replaced by
     its fake-quantized value; activation quantizers are dropped."""
+    import nncf
     from nncf.torch.function_hook.hook_storage import decode_hook_name
     from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
     from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE, get_hook_storage
@@ -187,7 +188,10 @@ def fold_quantized_weights(fq: nn.Module, plain: nn.Module, example: torch.Tenso
         hook_type, op_name, port = decode_hook_name(name)
         if not isinstance(quantizer, BaseQuantizer) or hook_type != "pre_hooks":
             continue
-        const = get_const_node(graph.get_node_by_name(op_name), port, graph)
+        try:
+            const = get_const_node(graph.get_node_by_name(op_name), port, graph)
+        except nncf.InternalError:  # an activation quantizer (e.g. inside a GRU): no weight
+            continue
         if const is not None:
             weight = const.layer_attributes.name
             state[weight] = quantizer(fq.get_parameter(weight)).detach()

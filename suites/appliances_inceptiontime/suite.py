@@ -8,10 +8,12 @@ readings of the nearest station (T_out, Press_mm_hg, RH_out, Windspeed, Visibili
 ``Appliances`` is the target, ``lights`` is another sub-meter of the same house (it would leak part
 of the target's occupancy signal and is not in the archive), ``rv1``/``rv2`` are random by design.
 
-Split by date: the days are cut into 7-day blocks from the first complete day, and whole blocks go
-to train / calib / val / test (55/13/16/16 % of the blocks, a seeded permutation), so no day and no
-week is in two splits and every split spans the season.  Channels are standardized with the train
-days' statistics; so is the target (``Splits.target_scale``), and RMSE is reported in kWh.
+Split by date: the days are cut into 7-day blocks from the first complete day, and whole blocks are
+dealt in date order round the cycle train, train, val, train, calib, train, test (4:1:1:1), starting
+at a position set by the seed.  No day and no week is in two splits, and every split spans the
+season: with a random draw of 15 blocks one split can hold only the warm May weeks, which the train
+weeks never show.  Channels are standardized with the train days' statistics; so is the target
+(``Splits.target_scale``), and RMSE is reported in kWh.
 
 The Monash files themselves are used when a data root holds ``AppliancesEnergy_TRAIN.ts`` and
 ``AppliancesEnergy_TEST.ts`` (directly or in ``AppliancesEnergy/``): TEST is the test split, TRAIN
@@ -55,7 +57,7 @@ CHANNELS = (  # the log's column order: T1, RH_1, ..., T9, RH_9, then the weathe
 )
 STEPS_PER_DAY = 144  # ten-minute readings
 BLOCK_DAYS = 7
-BLOCK_FRACTIONS = (0.55, 0.13, 0.16, 0.16)  # train, calib, val, test (of the 7-day blocks)
+BLOCK_CYCLE = (0, 0, 2, 0, 1, 0, 3)  # split index (train, calib, val, test) of successive blocks
 TS_TRAIN_FRACTIONS = (0.7, 0.12, 0.18)  # train, calib, val (of the Monash TRAIN cases)
 CSV_PATH = "appliances_energy/energydata_complete.csv"
 TS_DIRS = ("AppliancesEnergy", ".")
@@ -98,12 +100,10 @@ def read_days(path: Path) -> tuple[list[date], np.ndarray, np.ndarray]:
 
 
 def block_split(days: list[date], seed: int) -> list[np.ndarray]:
-    """Indices of the days in train / calib / val / test: whole 7-day blocks, seeded."""
+    """Indices of the days in train / calib / val / test: whole 7-day blocks round the cycle."""
     blocks = np.asarray([(d - days[0]).days // BLOCK_DAYS for d in days])
-    order = np.random.default_rng(seed).permutation(np.unique(blocks))
-    bounds = np.round(np.cumsum(BLOCK_FRACTIONS) / sum(BLOCK_FRACTIONS) * len(order)).astype(int)
-    chosen = np.split(order, bounds[:-1])
-    return [np.flatnonzero(np.isin(blocks, c)) for c in chosen]
+    split = np.asarray(BLOCK_CYCLE)[(blocks + seed) % len(BLOCK_CYCLE)]
+    return [np.flatnonzero(split == i) for i in range(4)]
 
 
 def standardized_splits(
