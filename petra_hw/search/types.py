@@ -71,5 +71,7 @@ class Evaluation:
     @staticmethod
     def from_json(d: dict[str, Any]) -> Evaluation:
         c = d["candidate"]
-        cand = Candidate(Pipeline.from_json(c["pipeline"]), c["generation"], c["parent"], c["operator"])
+        cand = Candidate(
+            Pipeline.from_json(c["pipeline"]), c["generation"], c["parent"], c["operator"]
+        )
         return Evaluation(**{**d, "candidate": cand})
