@@ -5,36 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paper_pipelines import PAPER_PIPELINES
 
 from petra_hw.canonical import canonicalize
 from petra_hw.pipeline import Pipeline, Step
 from petra_hw.precision import resolve
 from petra_hw.steps import get_step
-
-PAPER_PIPELINES = [
-    "Reg - LR - Tr - Pr",
-    "Pr - QAT",
-    "Pr - Tr - Pr - PDQ",
-    "LR - Reg - Pr - LR",
-    "Reg - Pr - LR - Tr",
-    "Pr - LR",
-    "Reg - LR",
-    "LR - PTQ",
-    "Pr - PDQ",
-    "LR - QD - Pr - QAT",
-    "LR - QS - Pr - QAT",
-    "LR - QS - Pr - QD",
-    "LR - QAT - Pr - QS",
-    "QD - Pr - QS - LR",
-    "LR - QAT - Pr - QD",
-    "Pr - QS - LR - QD",
-    "Pr - QS - LR - QAT",
-    "Pr - QAT - LR - QD",
-    "Pr - QAT - LR - QS",
-    "QAT - Pr - LR - QD",
-    "Pr - QD - LR - QAT",
-    "LR - QD - Pr - QAT",
-]
 
 
 def canon(text: str) -> str:

@@ -3,35 +3,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from paper_pipelines import PAPER_PIPELINES
 
 from petra_hw.errors import UserError
 from petra_hw.pipeline import Pipeline, Step, parse_pipeline
 
-PAPER = [
-    "Reg - LR - Tr - Pr",
-    "Pr - QAT",
-    "Pr - Tr - Pr - PDQ",
-    "LR - Reg - Pr - LR",
-    "Reg - Pr - LR - Tr",
-    "Pr - LR",
-    "Reg - LR",
-    "LR - PTQ",
-    "Pr - PDQ",
-    "LR - QD - Pr - QAT",
-    "LR - QS - Pr - QAT",
-    "LR - QS - Pr - QD",
-    "LR - QAT - Pr - QS",
-    "QD - Pr - QS - LR",
-    "LR - QAT - Pr - QD",
-    "Pr - QS - LR - QD",
-    "Pr - QS - LR - QAT",
-    "Pr - QAT - LR - QD",
-    "Pr - QAT - LR - QS",
-    "QAT - Pr - LR - QD",
-    "Pr - QD - LR - QAT",
-    "LR - QD - Pr - QAT",
-    "LR - Reg - Pr - QAT",
-]
+PAPER = [*PAPER_PIPELINES, "LR - Reg - Pr - QAT"]
 ALIASES = {"QS": "PTQ", "QD": "PDQ"}
 
 

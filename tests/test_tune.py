@@ -15,24 +15,7 @@ import pytest
 from petra_hw.cli import main
 from petra_hw.search.store import JOURNAL_NAME, Store
 
-FAST_PROFILE = """
-name = "cpu-fast"
-description = "tests: the cpu profile with short measurements"
-device_kind = "cpu"
-backends = ["onnxruntime", "openvino", "torch"]
-precisions = ["fp32", "int8"]
-threads = 1
-batch_sizes = [1, 8]
-channel_multiple = 8
-
-[measurement]
-warmup_iters = 2
-min_iters = 5
-min_time_s = 0.05
-max_time_s = 1.0
-max_cv = 10.0
-repeats_if_noisy = 0
-"""
+FAST_PROFILE = (Path(__file__).parent / "data" / "cpu-fast.toml").read_text()
 
 
 @pytest.fixture(scope="module")

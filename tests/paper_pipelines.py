@@ -1,0 +1,26 @@
+"""Every pipeline of the paper's result tables (they must all parse, print and canonicalize)."""
+
+PAPER_PIPELINES = [
+    "Reg - LR - Tr - Pr",
+    "Pr - QAT",
+    "Pr - Tr - Pr - PDQ",
+    "LR - Reg - Pr - LR",
+    "Reg - Pr - LR - Tr",
+    "Pr - LR",
+    "Reg - LR",
+    "LR - PTQ",
+    "Pr - PDQ",
+    "LR - QD - Pr - QAT",
+    "LR - QS - Pr - QAT",
+    "LR - QS - Pr - QD",
+    "LR - QAT - Pr - QS",
+    "QD - Pr - QS - LR",
+    "LR - QAT - Pr - QD",
+    "Pr - QS - LR - QD",
+    "Pr - QS - LR - QAT",
+    "Pr - QAT - LR - QD",
+    "Pr - QAT - LR - QS",
+    "QAT - Pr - LR - QD",
+    "Pr - QD - LR - QAT",
+    "LR - QD - Pr - QAT",
+]
