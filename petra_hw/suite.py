@@ -180,9 +180,6 @@ class Suite:
         return h.hexdigest()[:12]
 
 
-BUNDLED = ("digits", "cifar10-resnet20", "cifar10-resnet18")
-
-
 def bundled_names() -> list[str]:
     """Bundled suite names: folders of the ``suites`` package holding a suite.py."""
     import suites
