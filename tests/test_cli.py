@@ -71,3 +71,20 @@ def test_console_script_entry_point() -> None:
         [sys.executable, "-m", "petra_hw.cli", "--version"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "petra-hw" in out.stdout
+
+
+def test_profile_measures_a_suite_and_remeasures_its_artifact(tmp_path, capsys, digits) -> None:
+    import json
+    from pathlib import Path
+
+    fast = Path(__file__).parent / "data" / "cpu-fast.toml"
+    out, report = tmp_path / "art", tmp_path / "p.json"
+    args = ["profile", "--suite", "digits", "--device", str(fast), "--backend", "onnxruntime"]
+    assert main([*args, "--precision", "fp32", "--out", str(out), "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    [row] = data["results"]
+    assert row["backend"] == "onnxruntime"
+    assert abs(row["quality_test"] - digits.metrics["test"]) <= 0.01  # FP32 through the artifact
+    assert "onnxruntime" in capsys.readouterr().out
+    assert main(["profile", str(out / "onnxruntime-fp32"), "--device", str(fast)]) == 0
+    assert "fp32" in capsys.readouterr().out

@@ -39,26 +39,23 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _rows(assessments) -> list[list[object]]:
-    rows = []
-    for a in assessments:
-        m = a.measurement
-        for s in (m.latency, *[t for t in m.throughput if t.batch_size != 1]):
-            rows.append(
-                [
-                    m.backend,
-                    m.precision,
-                    s.batch_size,
-                    s.p50_ms,
-                    s.p90_ms,
-                    s.p99_ms,
-                    s.throughput_ips,
-                    mb(m.size_bytes),
-                    a.quality.get("test"),
-                    m.noisy,
-                ]
-            )
-    return rows
+def _rows(m, quality_test: float | None) -> list[list[object]]:
+    """One table row per batch size of a measurement (latency at 1, then throughput)."""
+    return [
+        [
+            m.backend,
+            m.precision,
+            s.batch_size,
+            s.p50_ms,
+            s.p90_ms,
+            s.p99_ms,
+            s.throughput_ips,
+            mb(m.size_bytes),
+            quality_test,
+            m.noisy,
+        ]
+        for s in (m.latency, *[t for t in m.throughput if t.batch_size != 1])
+    ]
 
 
 def _remeasure(args: argparse.Namespace) -> int:
@@ -71,22 +68,7 @@ def _remeasure(args: argparse.Namespace) -> int:
     check_host(profile)
     m = (measure_fresh_process if args.fresh_process else measure_artifact)(artifact.path, profile)
     recorded = artifact.manifest.get("metrics", {}).get("quality", {})
-    rows = [
-        [
-            m.backend,
-            m.precision,
-            s.batch_size,
-            s.p50_ms,
-            s.p90_ms,
-            s.p99_ms,
-            s.throughput_ips,
-            mb(m.size_bytes),
-            recorded.get("test"),
-            m.noisy,
-        ]
-        for s in (m.latency, *m.throughput)
-        if s is m.latency or s.batch_size != 1
-    ]
+    rows = _rows(m, recorded.get("test"))
     console.print(table(f"{artifact.path} on {profile.name}", COLUMNS, rows))
     if args.json:
         args.json.write_text(
@@ -158,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         table(
             f"{suite.name} on {profile.name} ({profile.effective_threads()} threads); quality = test {suite.metric.name} through the artifact",
             COLUMNS,
-            _rows(results),
+            [r for a in results for r in _rows(a.measurement, a.quality.get("test"))],
         )
     )
     console.print(f"artifacts: {out}")
