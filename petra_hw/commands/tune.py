@@ -204,22 +204,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, cls):
-    from petra_hw.baseline import get_baseline
+    from petra_hw.commands.common import setup
     from petra_hw.profiles import check_host, load_profile
-    from petra_hw.suite import load_suite
 
-    profile = load_profile(args.device)
-    for note in check_host(profile):
-        errors.print(f"note: {note}")
     if args.mode == "pretrained":
-        suite = load_suite(args.suite)
-        with console.status(f"baseline for {suite.name} (trained once, then cached)"):
-            baseline = get_baseline(suite, args.seed, args.data_dir)
-        if not baseline.cached:
-            console.print(
-                f"trained baseline {suite.name}: val {suite.metric.name} = "
-                f"{baseline.metrics['val']:.4f}"
-            )
+        setup(args)  # refuses a device this host lacks; trains the baseline once, up front
+    else:
+        for note in check_host(load_profile(args.device)):
+            errors.print(f"note: {note}")
     budget = args.budget
     if budget is None and args.generations is None and args.evaluations is None:
         budget = DEFAULT_BUDGET_S
