@@ -58,6 +58,22 @@ def test_failures_are_evaluations(context, text, change, kind) -> None:
     assert ev.error and not ev.ok and not ev.feasible and not ev.objectives
 
 
+def test_prefix_reuse_follows_the_run_folder_and_can_be_turned_off(context, tmp_path) -> None:
+    """Children reuse a prefix only within their own run folder (a Ray worker may serve several
+    runs), and ``prefix_reuse=False`` recomputes every step (the benchmark's reference arm)."""
+    parent, child = candidate("LR - Tr(epochs=1)"), candidate("LR - Tr(epochs=1) - PTQ")
+    runs = [dataclasses.replace(context, run_dir=tmp_path / name) for name in ("a", "b")]
+    assert evaluate_candidate(parent, runs[0]).ok
+    assert evaluate_candidate(child, runs[0]).cache_hit_steps == 2
+    assert evaluate_candidate(child, runs[1]).cache_hit_steps == 0  # run b has no cache yet
+    assert (tmp_path / "b" / "prefix-cache").is_dir()
+    off = dataclasses.replace(context, run_dir=tmp_path / "c", prefix_reuse=False)
+    for c in (parent, child):
+        ev = evaluate_candidate(c, off)
+        assert ev.ok and ev.cache_hit_steps == 0
+    assert not (tmp_path / "c" / "prefix-cache").exists()
+
+
 def test_fault_env_is_validated(monkeypatch) -> None:
     from petra_hw.errors import UserError
 

@@ -45,6 +45,10 @@ def _rows(journal: Path) -> dict[str, float]:
         ["tune", "--budget", "0s"],
         ["tune", "--device", "rtx6000ada", "--evaluations", "1"],  # no such GPU here
         ["tune", "--resume", "no-such-run"],
+        ["tune", "--stagnation", "0"],
+        ["tune", "--objectives", "latency_ms,size_bytes", "--evaluations", "1"],  # no quality
+        ["tune", "--objectives", "quality,speed", "--evaluations", "1"],
+        ["tune", "--target-quality-drop", "-0.1", "--evaluations", "1"],
     ],
 )
 def test_bad_input_exits_2(argv, tmp_path, capsys) -> None:
@@ -110,3 +114,29 @@ def test_injected_faults_are_recorded_and_the_search_completes(
         assert run.status == "finished" and run.stats["errors"] == {"compile": 1}
     assert evs["Original"].ok and evs["LR"].ok
     assert evs["Pr"].error_kind == "compile" and "export" in evs["Pr"].error
+
+
+def test_a_met_target_stops_the_run(digits, fast_profile, tmp_path, capsys) -> None:
+    out = tmp_path / "runs"
+    argv = ["tune", "--device", fast_profile, "--evaluations", "8", "--population", "2"]
+    argv += ["--target-size-mb", "1000", "--target-quality-drop", "0.5", "--stagnation", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "target met" in capsys.readouterr().out
+    [journal] = out.glob(f"*/{JOURNAL_NAME}")
+    with Store(journal) as store:
+        [run] = store.runs()
+        assert run.stats["stop_reason"].startswith("target met by ")
+        assert len(store.evaluations(run.id)) == 1 + 2  # the Original and one generation
+
+
+def test_chosen_objectives_drive_the_run(digits, fast_profile, tmp_path) -> None:
+    out = tmp_path / "runs"
+    names = "quality,latency_ms,throughput_ips,complexity"
+    argv = ["tune", "--device", fast_profile, "--evaluations", "2", "--population", "2"]
+    assert main([*argv, "--objectives", names, "--out", str(out)]) == 0
+    [journal] = out.glob(f"*/{JOURNAL_NAME}")
+    with Store(journal) as store:
+        [run] = store.runs()
+        assert tuple(run.settings["objectives"]) == tuple(names.split(","))
+        assert store.hypervolume(run.id)  # one value per generation, over these objectives
+    assert main([*argv, "--objectives", "quality,energy_j", "--out", str(out)]) == 2  # no NVML

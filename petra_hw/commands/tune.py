@@ -39,6 +39,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="search compression pipelines measured on the device (default)")
     p.add_argument("--suite", default="digits", help="bundled suite name or path to a suite.py")
@@ -66,6 +70,38 @@ def add_parser(sub) -> None:
         type=float,
         default=None,
         help="relative to the Original's val metric (0.01 = 1%%)",
+    )
+    p.add_argument(
+        "--target-latency-ms",
+        type=float,
+        default=None,
+        help="stop once a feasible candidate meets every --target-* given",
+    )
+    p.add_argument(
+        "--target-size-mb",
+        type=float,
+        default=None,
+        help="artifact size on disk (see --target-latency-ms)",
+    )
+    p.add_argument(
+        "--target-quality-drop",
+        type=float,
+        default=None,
+        help="relative to the Original (0.01 = 1%%; see --target-latency-ms)",
+    )
+    p.add_argument(
+        "--stagnation",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop when the hypervolume has not grown for N generations",
+    )
+    p.add_argument(
+        "--objectives",
+        type=_names,
+        default=None,
+        help="comma list among quality, latency_ms, throughput_ips, size_bytes, energy_j, "
+        "complexity (default quality,latency_ms,size_bytes; + energy_j on GPUs)",
     )
     p.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained")
     p.add_argument("--resume", metavar="RUN", default=None, help="continue a run (id or folder)")
@@ -207,6 +243,9 @@ def _settings(args: argparse.Namespace, cls):
     from petra_hw.commands.common import setup
     from petra_hw.profiles import check_host, load_profile
 
+    for flag in ("max_quality_drop", "target_quality_drop"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 0")
     if args.mode == "pretrained":
         setup(args)  # refuses a device this host lacks; trains the baseline once, up front
     else:
@@ -215,8 +254,6 @@ def _settings(args: argparse.Namespace, cls):
     budget = args.budget
     if budget is None and args.generations is None and args.evaluations is None:
         budget = DEFAULT_BUDGET_S
-    if args.max_quality_drop is not None and args.max_quality_drop < 0:
-        raise UserError("--max-quality-drop must be >= 0")
     return cls(
         suite=args.suite,
         device=args.device,
@@ -234,6 +271,11 @@ def _settings(args: argparse.Namespace, cls):
         max_latency_ms=args.max_latency_ms,
         max_size_mb=args.max_size_mb,
         max_quality_drop=args.max_quality_drop,
+        target_latency_ms=args.target_latency_ms,
+        target_size_mb=args.target_size_mb,
+        target_quality_drop=args.target_quality_drop,
+        stagnation=args.stagnation,
+        objectives=args.objectives,
         mode=args.mode,
         backend=args.backend,
     )

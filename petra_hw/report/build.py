@@ -20,7 +20,7 @@ import numpy as np
 
 from petra_hw import __version__
 from petra_hw.errors import UserError
-from petra_hw.search.objectives import ObjectiveConfig, Objectives
+from petra_hw.search.objectives import DEFAULT_OBJECTIVES, ObjectiveConfig, Objectives
 from petra_hw.search.selection import pareto_front
 from petra_hw.search.store import JOURNAL_NAME, Store
 from petra_hw.search.types import Evaluation
@@ -177,6 +177,8 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
     front: list[Evaluation] = []
     if original is not None and original.ok:
         config = ObjectiveConfig(
+            # the run's own objectives; older runs and defaults: quality, latency, size, energy
+            names=tuple(settings.get("objectives") or (*DEFAULT_OBJECTIVES, "energy_j")),
             higher_is_better=metric["higher_is_better"],
             split=SELECTION_SPLIT,
             max_latency_ms=settings.get("max_latency_ms"),

@@ -112,6 +112,7 @@ class EvalContext:
     reference: Evaluation | None = None  # the Original's evaluation, once known
     cut: CutRule | None = field(default_factory=CutRule)
     cache_bytes: int = 1 << 30  # prefix cache size under run_dir/prefix-cache
+    prefix_reuse: bool = True  # False: every candidate recomputes its whole pipeline
     train_threads: int = 0  # torch threads for training in this worker (0: leave as is)
     fault: str | None = None
 
@@ -192,7 +193,7 @@ class _Env:
     reference_outputs: dict[str, np.ndarray] | None  # FP32 baseline outputs for parity
     # loss setting -> (starting model loss, constant predictor loss) on calib
     base_losses: dict[str, tuple[float, float]] = field(default_factory=dict)
-    cache: object | None = None
+    caches: dict[Path, object] = field(default_factory=dict)  # run folder -> its PrefixCache
 
 
 _ENVS: dict[tuple, _Env] = {}
@@ -218,12 +219,16 @@ def _load_env(ctx: EvalContext) -> _Env:
     return env
 
 
-def _prefix_cache(env: _Env, ctx: EvalContext):
-    if env.cache is None:
+def _prefix_cache(env: _Env, ctx: EvalContext, fault: str | None):
+    """The run's prefix cache (one per run folder: a Ray worker may serve several runs), or None
+    when reuse is off or a fault is injected (a faulted model must not enter the cache)."""
+    if fault or not ctx.prefix_reuse:
+        return None
+    if ctx.run_dir not in env.caches:
         from petra_hw.apply import PrefixCache
 
-        env.cache = PrefixCache(ctx.run_dir / "prefix-cache", ctx.cache_bytes)
-    return env.cache
+        env.caches[ctx.run_dir] = PrefixCache(ctx.run_dir / "prefix-cache", ctx.cache_bytes)
+    return env.caches[ctx.run_dir]
 
 
 def choose_backend(
@@ -406,7 +411,7 @@ def _evaluate(
                 suite,
                 channel_multiple=profile.channel_multiple,
                 seed=ctx.seed,
-                cache=None if fault else _prefix_cache(env, ctx),
+                cache=_prefix_cache(env, ctx, fault),
                 epoch_callback=_cut_callback(env, ctx.cut, pipeline),
             )
             model = applied.model

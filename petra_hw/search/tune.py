@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,9 +38,12 @@ from petra_hw.search.evaluator import (
     float_precision,
 )
 from petra_hw.search.executors import DEFAULT_TIMEOUT_S, Executor, make_executor
-from petra_hw.search.objectives import ObjectiveConfig, Objectives
+from petra_hw.search.objectives import KNOWN_OBJECTIVES, QUALITY, ObjectiveConfig, Objectives
 from petra_hw.search.store import JOURNAL_NAME, Store
 from petra_hw.search.types import Candidate, Evaluation
+
+if TYPE_CHECKING:
+    from petra_hw.search.strategies import Target
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,13 @@ class TuneSettings:
     max_latency_ms: float | None = None
     max_size_mb: float | None = None
     max_quality_drop: float | None = None  # relative to the Original's val metric (0.01 = 1%)
+    # Stop as soon as one feasible candidate is this good (any subset of the three).
+    target_latency_ms: float | None = None
+    target_size_mb: float | None = None
+    target_quality_drop: float | None = None
+    stagnation: int | None = None  # stop when the hypervolume has not grown for N generations
+    # None: quality, latency_ms, size_bytes (+ energy_j where the device reports energy)
+    objectives: tuple[str, ...] | None = None
     mode: str = "pretrained"
     backend: str | None = None  # pin one backend of the profile
 
@@ -78,6 +88,26 @@ class TuneSettings:
             raise UserError("--population and --workers must be at least 1")
         if self.executor not in ("local", "ray"):
             raise UserError(f"unknown executor '{self.executor}' (choose local or ray)")
+        if self.stagnation is not None and self.stagnation < 1:
+            raise UserError("--stagnation must be at least 1 generation")
+        if self.objectives is not None:
+            names = tuple(self.objectives)  # a JSON list after a resume
+            unknown = [n for n in names if n not in KNOWN_OBJECTIVES]
+            if unknown or QUALITY not in names or len(set(names)) != len(names):
+                raise UserError(
+                    f"bad --objectives {','.join(names)}: list distinct names among "
+                    f"{', '.join(KNOWN_OBJECTIVES)}, quality included"
+                )
+            object.__setattr__(self, "objectives", names)
+
+    def target(self) -> Target | None:
+        """The 'good enough' rule, or None when no target bound is set."""
+        from petra_hw.search.strategies import Target
+
+        bounds = (self.target_quality_drop, self.target_latency_ms, self.target_size_mb)
+        if all(b is None for b in bounds):
+            return None
+        return Target(*bounds)
 
     def candidate_timeout_s(self) -> float:
         if self.timeout_s is not None:
@@ -289,6 +319,18 @@ class _Session:
             )
         )
 
+    def _objective_names(self, profile) -> tuple[str, ...]:
+        """The run's objectives: the user's, else the defaults plus energy where NVML reports it."""
+        names = self.settings.objectives
+        if names is None:
+            defaults = ObjectiveConfig().names
+            return (*defaults, "energy_j") if profile.nvml else defaults
+        if "energy_j" in names and not profile.nvml:
+            raise UserError(
+                f"energy_j is no objective on {profile.name}: the device reports no energy"
+            )
+        return names
+
     # -- evaluation -------------------------------------------------------------------------
     def _context(self) -> EvalContext:
         s = self.settings
@@ -336,9 +378,7 @@ class _Session:
         suite = load_suite(s.suite)
         self.objective_config = ObjectiveConfig(
             # energy is an objective wherever the device reports it (NVML on GPU profiles)
-            names=(*ObjectiveConfig().names, "energy_j")
-            if profile.nvml
-            else ObjectiveConfig().names,
+            names=self._objective_names(profile),
             higher_is_better=suite.metric.higher_is_better,
             max_latency_ms=s.max_latency_ms,
             max_size_mb=s.max_size_mb,
@@ -401,6 +441,8 @@ class _Session:
             max_generations=s.generations,
             max_evaluations=s.evaluations,
             time_budget_s=s.budget_s,
+            target=s.target(),
+            hv_stagnation_generations=s.stagnation,
         )
         batch = strategy.pending  # asked before an interruption: re-submit (journal first)
         last: list[Evaluation] = []
