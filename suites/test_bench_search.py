@@ -1,10 +1,12 @@
 """Search benchmark: hypervolume versus evaluations for evolution, random and NSGA-II on
-cifar10-resnet20 over 3 seeds, and the time prefix reuse saves per candidate.
+cifar10-resnet20 over 3 seeds, and wall time per evaluation with and without prefix reuse.
 
-Run with ``pytest suites/test_bench_search.py --benchmark`` on a quiet machine (about an hour on
-2 cores at the default 16 evaluations per run; ``PETRA_BENCH_EVALUATIONS`` changes it).  Expected:
-evolution reaches >= 1.15x random's final hypervolume at equal evaluations (mean over seeds), and
-applying children of a cached parent is >= 2x faster than recomputing their prefix.
+Run with ``pytest suites/test_bench_search.py --benchmark`` on a quiet machine: each run takes
+7-20 minutes on 2 cores at the default 16 evaluations (``PETRA_BENCH_EVALUATIONS`` changes it), so
+the whole module takes about two and a half hours; ``-k evolution`` etc. split it over sessions
+(final hypervolumes persist in pytest's cache).  Expected: evolution reaches >= 1.15x random's mean
+final hypervolume at equal evaluations, and evaluating the children of an evaluated parent is >= 2x
+faster per evaluation with prefix reuse than without.  Measured figures are in README.
 """
 
 from __future__ import annotations
