@@ -36,7 +36,7 @@ def _final_hv(config: pytest.Config) -> dict[str, float]:
 def test_hypervolume_per_strategy(
     benchmark, request: pytest.FixtureRequest, strategy: str, seed: int, tmp_path: Path
 ) -> None:
-    from petra_hw.search.store import Store
+    from petra_hw.search.store import JOURNAL_NAME, Store
     from petra_hw.search.tune import TuneSettings, tune
 
     settings = TuneSettings(
@@ -48,8 +48,8 @@ def test_hypervolume_per_strategy(
         population=4,
     )
     result = benchmark.pedantic(lambda: tune(settings, out=tmp_path), rounds=1, iterations=1)
-    store = Store(result.run_dir / "journal.sqlite")
-    curve = [(p.evaluations, p.value) for p in store.hypervolume(result.run_id)]
+    with Store(result.run_dir / JOURNAL_NAME) as store:
+        curve = [(p.evaluations, p.value) for p in store.hypervolume(result.run_id)]
     final = curve[-1][1] if curve else 0.0
     if request.config.cache is not None:
         request.config.cache.set(
