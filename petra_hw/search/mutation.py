@@ -7,19 +7,12 @@ hyperparameter, so good parents produce similar children; global operators chang
 on the model and the stage of the search, so an adaptive operator selector learns it online:
 probability matching (Thierens, GECCO 2005) over an exponentially weighted success rate, with a
 floor probability so that no operator dies out.
-
-Where a step operator acts is biased toward the tail of the pipeline (position ``i`` weighs
-``TAIL_BIAS**i``): a child that changes step ``i`` reuses its parent's cached model after the
-first ``i`` steps, so a tail move costs one step where a head move retrains everything.  Every
-position keeps a non-zero chance, and the model-level settings (optimizer, loss, learning rate),
-which every training step reads and whose change therefore invalidates every trained prefix, form
-one operator rather than three.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,12 +23,10 @@ from petra_hw.search.space import ParamRange, SearchSpace
 
 log = logging.getLogger(__name__)
 
-LOCAL_OPERATORS = ("tweak",)
-GLOBAL_OPERATORS = ("insert", "delete", "swap", "replace", "setting")
+LOCAL_OPERATORS = ("tweak", "lr")
+GLOBAL_OPERATORS = ("insert", "delete", "swap", "replace", "optimizer", "loss")
 OPERATORS = LOCAL_OPERATORS + GLOBAL_OPERATORS
-SETTINGS = ("optimizer", "loss", "lr")  # model-level settings that the ``setting`` operator moves
 SIGMA = 0.1  # std of a numeric step, as a fraction of the (log-)range
-TAIL_BIAS = 2.0  # each position is this many times likelier to be changed than the one before it
 MAX_STEP_SIGMAS = 3.0  # numeric steps are truncated here: a bounded neighbourhood
 
 
@@ -80,13 +71,6 @@ def neighbour(
         if new != value:
             return new
     return value
-
-
-def tail_biased(positions: Iterable[int], rng: np.random.Generator) -> int:
-    """One of ``positions`` (step indices), position ``i`` weighted ``TAIL_BIAS**i``."""
-    slots = list(positions)
-    w = np.array([TAIL_BIAS ** float(i - slots[-1]) for i in slots])  # largest weight is 1
-    return slots[int(rng.choice(len(slots), p=w / w.sum()))]
 
 
 # -- the bandit ------------------------------------------------------------------------------
@@ -172,11 +156,13 @@ class Mutator:
         self.max_tries = max_tries
         self._ops: dict[str, Callable[[Pipeline, np.random.Generator], Pipeline]] = {
             "tweak": self._tweak,
+            "lr": lambda p, rng: self._setting(p, rng, "lr"),
             "insert": self._insert,
             "delete": self._delete,
             "swap": self._swap,
             "replace": self._replace,
-            "setting": self._setting,
+            "optimizer": lambda p, rng: self._setting(p, rng, "optimizer"),
+            "loss": lambda p, rng: self._setting(p, rng, "loss"),
         }
 
     @property
@@ -193,7 +179,9 @@ class Mutator:
             "swap": any(a != b for a, b in zip(p.steps, p.steps[1:], strict=False)),
             "replace": len(p) > 0 and len(sp.kinds) > 1,
         }
-        ok["setting"] = _trains(p) and bool(self._settings())
+        searchable = set(sp.searchable_settings()) if _trains(p) else set()
+        for name in ("lr", "optimizer", "loss"):
+            ok[name] = name in searchable
         return [op for op in self.operators if ok.get(op, False)]
 
     def probabilities(self) -> dict[str, float]:
@@ -218,43 +206,39 @@ class Mutator:
                 return child, op
         raise NoMutation(f"no valid mutation of {pipeline} in {self.max_tries} tries")
 
-    def _settings(self) -> list[str]:
-        return [n for n in SETTINGS if n in self.space.searchable_settings()]
-
     # Each operator returns a pipeline; ``mutate`` checks it and retries on a no-op.
     def _tweak(self, p: Pipeline, rng: np.random.Generator) -> Pipeline:
-        i = tail_biased([i for i, s in enumerate(p.steps) if self.space.active_params(s)], rng)
+        slots = [i for i, s in enumerate(p.steps) if self.space.active_params(s)]
+        i = slots[int(rng.integers(len(slots)))]
         step = p.steps[i]
         names = self.space.active_params(step)
         name = names[int(rng.integers(len(names)))]
         value = neighbour(self.space.param_range(step.kind, name), step[name], rng, self.sigma)
         return self._with_step(p, i, self.space.normalize(step.replace(**{name: value})))
 
-    def _setting(self, p: Pipeline, rng: np.random.Generator) -> Pipeline:
-        names = self._settings()
-        name = names[int(rng.integers(len(names)))]
+    def _setting(self, p: Pipeline, rng: np.random.Generator, name: str) -> Pipeline:
         value = neighbour(self.space.setting_range(name), p.setting(name), rng, self.sigma)
         return p.replace_settings(**{name: value})
 
     def _insert(self, p: Pipeline, rng: np.random.Generator) -> Pipeline:
         steps = list(p.steps)
-        steps.insert(tail_biased(range(len(steps) + 1), rng), self.space.random_step(rng))
+        steps.insert(int(rng.integers(len(steps) + 1)), self.space.random_step(rng))
         return p.replace_steps(steps)
 
     def _delete(self, p: Pipeline, rng: np.random.Generator) -> Pipeline:
         steps = list(p.steps)
-        del steps[tail_biased(range(len(steps)), rng)]
+        del steps[int(rng.integers(len(steps)))]
         return p.replace_steps(steps)
 
     def _swap(self, p: Pipeline, rng: np.random.Generator) -> Pipeline:
         pairs = [i for i in range(len(p) - 1) if p.steps[i] != p.steps[i + 1]]
-        i = tail_biased(pairs, rng)
+        i = pairs[int(rng.integers(len(pairs)))]
         steps = list(p.steps)
         steps[i], steps[i + 1] = steps[i + 1], steps[i]
         return p.replace_steps(steps)
 
     def _replace(self, p: Pipeline, rng: np.random.Generator) -> Pipeline:
-        i = tail_biased(range(len(p)), rng)
+        i = int(rng.integers(len(p)))
         kinds = [k for k in self.space.kinds if k != p.steps[i].kind]
         kind = kinds[int(rng.integers(len(kinds)))]
         return self._with_step(p, i, self._carry_over(p.steps[i], kind, rng))
