@@ -51,6 +51,11 @@ def test_hypervolume_per_strategy(
     with Store(result.run_dir / JOURNAL_NAME) as store:
         curve = [(p.evaluations, p.value) for p in store.hypervolume(result.run_id)]
     final = curve[-1][1] if curve else 0.0
+    # In the search itself: what the cache saved on the children it evaluated (the time the reused
+    # steps took when they were first computed), next to what those children cost.
+    children = [e for e in result.evaluations if e.candidate.parent is not None and e.ok]
+    spent = sum(e.timings_s.get("total_s", 0.0) for e in children)
+    saved = sum(e.timings_s.get("cache_saved_s", 0.0) for e in children)
     if request.config.cache is not None:
         request.config.cache.set(
             CACHE_KEY, {**_final_hv(request.config), f"{strategy}-{seed}": final}
@@ -63,6 +68,10 @@ def test_hypervolume_per_strategy(
             "hv_curve": curve,
             "evaluations": len(result.evaluations),
             "front": [str(e.candidate.pipeline) for e in result.front],
+            "children": len(children),
+            "children_reusing_a_prefix": sum(e.cache_hit_steps > 0 for e in children),
+            "children_seconds_per_evaluation": spent / max(len(children), 1),
+            "children_seconds_saved_per_evaluation": saved / max(len(children), 1),
         }
     )
     assert len(result.evaluations) >= EVALUATIONS
