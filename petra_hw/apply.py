@@ -170,6 +170,28 @@ class PrefixCache:
         }
 
 
+def prefix_keys(
+    canon: Pipeline, suite: str, state_hash: str, channel_multiple: int, seed: int
+) -> list[str | None]:
+    """The cache key of each prefix of the canonical pipeline ``canon`` (index k-1: the first k
+    steps); None where the model after that prefix is not cached (deferred or fake-quantized)."""
+    roles = step_roles(canon)
+    return [
+        None
+        if roles[k - 1] in (DEFERRED, FAKE_QUANT)
+        else PrefixCache.key(suite, state_hash, canon.prefix(k), roles[:k], channel_multiple, seed)
+        for k in range(1, len(canon) + 1)
+    ]
+
+
+def shared_prefix(parent: Pipeline, child: Pipeline) -> int:
+    """How many leading steps of ``child`` (canonical) the cache can restore once ``parent`` was
+    applied: the longest prefix whose key the parent's run also wrote."""
+    written = set(prefix_keys(canonicalize(parent), "", "", 1, 0)) - {None}
+    keys = prefix_keys(canonicalize(child), "", "", 1, 0)
+    return max((k for k, key in enumerate(keys, 1) if key in written), default=0)
+
+
 def apply(
     pipeline: Pipeline,
     baseline: Baseline,
@@ -188,15 +210,7 @@ def apply(
     ctx = StepContext(suite, baseline.splits, canon, channel_multiple, seed, epoch_callback)
     keys: list[str | None] = []
     if cache is not None:
-        state_hash = baseline.state_hash
-        keys = [
-            None
-            if roles[k - 1] in (DEFERRED, FAKE_QUANT)
-            else cache.key(
-                suite.name, state_hash, canon.prefix(k), roles[:k], channel_multiple, seed
-            )
-            for k in range(1, n + 1)
-        ]
+        keys = prefix_keys(canon, suite.name, baseline.state_hash, channel_multiple, seed)
     start, saved, model = 0, 0.0, None
     if cache is not None and n:
         hit = cache.lookup(keys, suite.build_model)

@@ -91,67 +91,121 @@ def test_evolution_beats_random(request: pytest.FixtureRequest) -> None:
 
 PARENT = "LR - Reg - Pr"
 N_CHILDREN = int(os.environ.get("PETRA_BENCH_CHILDREN", "6"))
-EVAL_SECONDS: dict[bool, float] = {}
+SHARE_DRAWS = 2000  # children drawn to estimate how many keep a trained prefix (no training)
+EVAL_SECONDS: dict[tuple[str, bool], float] = {}
 
 
-def _children() -> list[str]:
+def _space():
+    from petra_hw.profiles import load_profile
+    from petra_hw.search.space import SearchSpace
+
+    return SearchSpace.for_profile(load_profile("auto"))
+
+
+def _draw_children(n: int, *, distinct: bool) -> list[str]:
     """Children of ``PARENT`` as the evolution makes them: its mutator, operators uniform (the
     bandit's prior), on this host's profile space; seeded, so both arms evaluate the same ones."""
     import numpy as np
 
-    from petra_hw.profiles import load_profile
     from petra_hw.search.mutation import Mutator
-    from petra_hw.search.space import SearchSpace
 
-    space = SearchSpace.for_profile(load_profile("auto"))
+    space = _space()
     rng = np.random.default_rng(0)
     parent = space.repair(parse_pipeline(PARENT), rng)
     mutator = Mutator(space)
     out: list[str] = []
-    while len(out) < N_CHILDREN:
+    while len(out) < n:
         child, _ = mutator.mutate(parent, rng)
-        if str(child) not in out:
+        if not distinct or str(child) not in out:
             out.append(str(child))
     return out
 
 
-@pytest.mark.parametrize("reuse", [False, True], ids=["no-reuse", "prefix-reuse"])
-def test_prefix_reuse_time_per_evaluation(benchmark, reuse: bool, tmp_path: Path) -> None:
+def _keeps_training(parent: str, child: str, ctx) -> bool:
+    """Whether the cache restores a prefix of ``child`` that contains a training step, once
+    ``parent`` was applied, both as the evaluator applies them in ``ctx``'s mode."""
+    from petra_hw.apply import shared_prefix
+    from petra_hw.canonical import canonicalize
+    from petra_hw.search.evaluator import applied_pipeline
+    from petra_hw.suite import load_suite
+
+    suite = load_suite(SUITE)
+
+    def applied(text: str):
+        return canonicalize(applied_pipeline(ctx, suite, parse_pipeline(text)))
+
+    c = applied(child)
+    k = shared_prefix(applied(parent), c)
+    return any(s.spec.trains for s in c.steps[:k])
+
+
+@pytest.mark.parametrize(
+    ("mode", "reuse"),
+    [
+        ("pretrained", False),
+        ("pretrained", True),
+        ("untrained", False),
+        ("untrained", True),
+    ],
+    ids=[
+        "pretrained-no-reuse",
+        "pretrained-prefix-reuse",
+        "untrained-no-reuse",
+        "untrained-prefix-reuse",
+    ],
+)
+def test_prefix_reuse_time_per_evaluation(
+    benchmark, mode: str, reuse: bool, tmp_path: Path
+) -> None:
     """Whole evaluations (apply, compile, quality and timing through the artifact) of the
-    parent's children, after the parent itself was evaluated (as in a real search)."""
+    parent's children, after the parent itself was evaluated (as in a real search).  In
+    untrained mode every candidate first trains the suite's freshly initialised model."""
     import torch
 
-    from petra_hw.baseline import get_baseline
+    from petra_hw.baseline import get_baseline, seed_everything
     from petra_hw.search.evaluator import EvalContext, evaluate_candidate
     from petra_hw.search.types import Candidate
     from petra_hw.suite import load_suite
 
-    baseline = get_baseline(load_suite(SUITE), 0)
+    suite = load_suite(SUITE)
+    if mode == "pretrained":
+        model = get_baseline(suite, 0).model
+    else:  # as ``tune`` starts an untrained run
+        seed_everything(0)
+        model = suite.build_model()
     weights = tmp_path / "baseline.pt"
-    torch.save(baseline.model.state_dict(), weights)
+    torch.save(model.state_dict(), weights)
     ctx = EvalContext(
         suite=SUITE,
         profile="auto",
         run_dir=tmp_path / "run",
         baseline_weights=weights,
+        mode=mode,
         prefix_reuse=reuse,
     )
     parent = evaluate_candidate(Candidate(parse_pipeline(PARENT), 0, None, "seed"), ctx)
     assert parent.ok, parent.error
-    children = [
-        Candidate(parse_pipeline(t), 1, parent.candidate.id, "mutation") for t in _children()
-    ]
+    texts = _draw_children(N_CHILDREN, distinct=True)
+    children = [Candidate(parse_pipeline(t), 1, parent.candidate.id, "mutation") for t in texts]
 
     def evaluate_children() -> list:
         return [evaluate_candidate(c, ctx) for c in children]
 
     evaluations = benchmark.pedantic(evaluate_children, rounds=1, iterations=1)
     per_evaluation = sum(e.timings_s["total_s"] for e in evaluations) / len(evaluations)
-    EVAL_SECONDS[reuse] = per_evaluation
+    EVAL_SECONDS[(mode, reuse)] = per_evaluation
+    # How representative the timed children are: the share of the mutator's children (many
+    # draws, duplicates kept) whose restored prefix holds a training step, vs the timed sample.
+    draws = _draw_children(SHARE_DRAWS, distinct=False)
     benchmark.extra_info.update(
         {
+            "mode": mode,
             "reuse": reuse,
             "seconds_per_evaluation": per_evaluation,
+            "share_keeping_training_drawn": sum(_keeps_training(PARENT, c, ctx) for c in draws)
+            / len(draws),
+            "share_keeping_training_timed": sum(_keeps_training(PARENT, t, ctx) for t in texts)
+            / len(texts),
             "children": [
                 {
                     "pipeline": str(e.candidate.pipeline),
@@ -167,5 +221,5 @@ def test_prefix_reuse_time_per_evaluation(benchmark, reuse: bool, tmp_path: Path
     assert all(e.ok for e in evaluations), [e.error for e in evaluations if not e.ok]
     if reuse:
         assert any(e.cache_hit_steps for e in evaluations)
-        if False in EVAL_SECONDS:
-            assert EVAL_SECONDS[False] >= 2.0 * per_evaluation, EVAL_SECONDS
+        if (mode, False) in EVAL_SECONDS:
+            assert EVAL_SECONDS[(mode, False)] >= 2.0 * per_evaluation, EVAL_SECONDS

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from petra_hw.apply import PrefixCache, apply
+from petra_hw.apply import PrefixCache, apply, shared_prefix
 from petra_hw.baseline import Baseline, score
 from petra_hw.pipeline import Pipeline
 from petra_hw.steps.qat import is_fake_quantized
@@ -93,6 +93,25 @@ def test_qat_last_keeps_fake_quantizers_and_is_not_cached(small, tmp_path):
     assert len(list(tmp_path.glob("*.pt"))) == 1  # only the Pr prefix
     b = apply(Pipeline.parse("Pr(ratio=0.2) - QAT - LR"), small, cache=cache)
     assert b.cache_hit == 1 and not is_fake_quantized(b.model)
+
+
+@pytest.mark.parametrize(
+    ("child", "expected"),
+    [
+        ("Pr(ratio=0.2) - Tr(epochs=1) - LR", 2),  # keeps the trained prefix
+        ("Pr(ratio=0.2) - Tr(epochs=1)", 2),
+        ("Pr(ratio=0.2) - Tr(epochs=1) - LR ; optimizer=sgd", 0),  # settings are in every key
+        ("Pr(ratio=0.3) - Tr(epochs=1) - PDQ", 0),
+        ("Pr(ratio=0.2) - PDQ - Tr(epochs=1)", 1),  # PDQ rounds here: the parent deferred it
+        ("Pr(ratio=0.2) - Tr(epochs=1) - PDQ - LR", 2),
+    ],
+)
+def test_shared_prefix_predicts_what_the_cache_restores(small, tmp_path, child, expected):
+    parent = Pipeline.parse("Pr(ratio=0.2) - Tr(epochs=1) - PDQ")
+    cache = PrefixCache(tmp_path, max_bytes=50_000_000)
+    apply(parent, small, cache=cache)
+    assert shared_prefix(parent, Pipeline.parse(child)) == expected
+    assert apply(Pipeline.parse(child), small, cache=cache).cache_hit == expected
 
 
 def test_step_errors_propagate(small):
