@@ -3,10 +3,11 @@ cifar10-resnet20 over 3 seeds, and wall time per evaluation with and without pre
 
 Run with ``pytest suites/test_bench_search.py --benchmark`` on a quiet machine: each run takes
 7-20 minutes on 2 cores at the default 16 evaluations (``PETRA_BENCH_EVALUATIONS`` changes it), so
-the whole module takes about two and a half hours; ``-k evolution`` etc. split it over sessions
-(final hypervolumes persist in pytest's cache).  Expected: evolution reaches >= 1.15x random's mean
-final hypervolume at equal evaluations, and evaluating the children of an evaluated parent is >= 2x
-faster per evaluation with prefix reuse than without.  Measured figures are in README.
+the strategies take about two and a half hours and ``-k prefix_reuse`` (both modes) half an hour;
+``-k evolution`` etc. split it over sessions (final hypervolumes persist in pytest's cache).
+Expected: evolution reaches >= 1.15x random's mean final hypervolume at equal evaluations, and
+evaluating the children of an evaluated parent is >= 2x faster per evaluation with prefix reuse
+than without, in pretrained and in untrained mode.  Measured figures are in README.
 """
 
 from __future__ import annotations
