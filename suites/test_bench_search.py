@@ -96,21 +96,16 @@ SHARE_DRAWS = 2000  # children drawn to estimate how many keep a trained prefix 
 EVAL_SECONDS: dict[tuple[str, bool], float] = {}
 
 
-def _space():
-    from petra_hw.profiles import load_profile
-    from petra_hw.search.space import SearchSpace
-
-    return SearchSpace.for_profile(load_profile("auto"))
-
-
 def _draw_children(n: int, *, distinct: bool) -> list[str]:
     """Children of ``PARENT`` as the evolution makes them: its mutator, operators uniform (the
     bandit's prior), on this host's profile space; seeded, so both arms evaluate the same ones."""
     import numpy as np
 
+    from petra_hw.profiles import load_profile
     from petra_hw.search.mutation import Mutator
+    from petra_hw.search.space import SearchSpace
 
-    space = _space()
+    space = SearchSpace.for_profile(load_profile("auto"))
     rng = np.random.default_rng(0)
     parent = space.repair(parse_pipeline(PARENT), rng)
     mutator = Mutator(space)
@@ -122,9 +117,9 @@ def _draw_children(n: int, *, distinct: bool) -> list[str]:
     return out
 
 
-def _keeps_training(parent: str, child: str, ctx) -> bool:
-    """Whether the cache restores a prefix of ``child`` that contains a training step, once
-    ``parent`` was applied, both as the evaluator applies them in ``ctx``'s mode."""
+def _share_keeping_training(children: list[str], ctx) -> float:
+    """The share of ``children`` whose prefix restored from the cache (once ``PARENT`` was applied)
+    holds a training step, with pipelines as the evaluator applies them in ``ctx``'s mode."""
     from petra_hw.apply import shared_prefix
     from petra_hw.canonical import canonicalize
     from petra_hw.search.evaluator import applied_pipeline
@@ -135,9 +130,12 @@ def _keeps_training(parent: str, child: str, ctx) -> bool:
     def applied(text: str):
         return canonicalize(applied_pipeline(ctx, suite, parse_pipeline(text)))
 
-    c = applied(child)
-    k = shared_prefix(applied(parent), c)
-    return any(s.spec.trains for s in c.steps[:k])
+    parent = applied(PARENT)
+    kept = 0
+    for text in children:
+        child = applied(text)
+        kept += any(s.spec.trains for s in child.steps[: shared_prefix(parent, child)])
+    return kept / len(children)
 
 
 @pytest.mark.parametrize(
@@ -203,10 +201,8 @@ def test_prefix_reuse_time_per_evaluation(
             "mode": mode,
             "reuse": reuse,
             "seconds_per_evaluation": per_evaluation,
-            "share_keeping_training_drawn": sum(_keeps_training(PARENT, c, ctx) for c in draws)
-            / len(draws),
-            "share_keeping_training_timed": sum(_keeps_training(PARENT, t, ctx) for t in texts)
-            / len(texts),
+            "share_keeping_training_drawn": _share_keeping_training(draws, ctx),
+            "share_keeping_training_timed": _share_keeping_training(texts, ctx),
             "children": [
                 {
                     "pipeline": str(e.candidate.pipeline),
