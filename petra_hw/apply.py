@@ -9,7 +9,9 @@ prefix computes the same model whether its earlier steps ran now or came from th
 ``PrefixCache`` keeps the model after each prefix, keyed by (suite, baseline state hash, prefix
 hash, the prefix's step roles, channel multiple, seed, petra-hw version): the roles are part of the
 key because the same prefix means a different model when its last quantization step is the
-pipeline's last (deferred) or not.  Entries are files written by ``petra_hw.serialize`` (JSON
+pipeline's last (deferred) or not.  The prefix hash covers only the model-level settings that the
+prefix's steps read (``steps.settings_read``; each step runs with a context that refuses any
+other), so ``LR - Pr`` is one entry whatever the learning rate of the training that follows it.  Entries are files written by ``petra_hw.serialize`` (JSON
 spec + state dict, loaded with ``weights_only=True``), each written to a temporary file and moved
 into place with ``os.replace``, so a killed writer never leaves a half entry; an entry that fails
 to load is logged, removed and recomputed.  Eviction is least-recently-used (file mtime, touched
@@ -26,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
@@ -34,9 +36,10 @@ from torch import nn
 from petra_hw import __version__
 from petra_hw.baseline import Baseline, seed_everything
 from petra_hw.canonical import canonicalize
+from petra_hw.kinds import SETTINGS
 from petra_hw.pipeline import Pipeline
 from petra_hw.serialize import SerializeError, load_model, save_model
-from petra_hw.steps.base import StepContext, get_step
+from petra_hw.steps.base import StepContext, get_step, settings_read
 from petra_hw.steps.qat import DEFERRED, FAKE_QUANT, fake_quant_train, step_roles
 from petra_hw.suite import Suite
 
@@ -170,6 +173,14 @@ class PrefixCache:
         }
 
 
+def keyed_prefix(canon: Pipeline, k: int) -> Pipeline:
+    """The first ``k`` steps with every setting they do not read at its default: what the model
+    after them depends on."""
+    read = set().union(*(settings_read(s) for s in canon.steps[:k]))
+    unread = {p.name: p.default for p in SETTINGS.params if p.name not in read}
+    return canon.prefix(k).replace_settings(**unread)
+
+
 def prefix_keys(
     canon: Pipeline, suite: str, state_hash: str, channel_multiple: int, seed: int
 ) -> list[str | None]:
@@ -179,7 +190,9 @@ def prefix_keys(
     return [
         None
         if roles[k - 1] in (DEFERRED, FAKE_QUANT)
-        else PrefixCache.key(suite, state_hash, canon.prefix(k), roles[:k], channel_multiple, seed)
+        else PrefixCache.key(
+            suite, state_hash, keyed_prefix(canon, k), roles[:k], channel_multiple, seed
+        )
         for k in range(1, len(canon) + 1)
     ]
 
@@ -229,7 +242,7 @@ def apply(
         seed_everything(seed * 1000 + k)
         t = time.perf_counter()
         fn = fake_quant_train if role == FAKE_QUANT else get_step(step.kind)
-        model = fn(model, step, ctx)
+        model = fn(model, step, replace(ctx, reads=settings_read(step)))
         seconds[k] = time.perf_counter() - t
         compute += seconds[k]
         if cache is not None and keys[k] is not None:

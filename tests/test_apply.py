@@ -12,7 +12,8 @@ import torch_pruning as tp
 
 from petra_hw.apply import PrefixCache, apply, shared_prefix
 from petra_hw.baseline import Baseline, score
-from petra_hw.pipeline import Pipeline
+from petra_hw.pipeline import Pipeline, Step
+from petra_hw.steps.base import ALL_SETTINGS, StepContext, UndeclaredSetting, settings_read
 from petra_hw.steps.qat import is_fake_quantized
 from petra_hw.suite import Split, Splits
 from petra_hw.training import TrainingError
@@ -49,6 +50,50 @@ def test_second_apply_starts_from_the_shared_prefix(small, tmp_path):
     fresh = apply(p2, small)  # no cache: the same model, step by step
     assert torch.equal(outputs(second.model, small), outputs(fresh.model, small))
     assert small.state_hash == before  # the baseline is never touched
+
+
+def test_a_settings_change_keeps_the_prefix_that_reads_no_setting(small, tmp_path):
+    """``LR - Pr(l1)`` reads no optimizer, lr or loss: a child that changes them reuses it and
+    retrains only ``Tr``; the result equals a run without the cache."""
+    cache = PrefixCache(tmp_path, max_bytes=50_000_000)
+    apply(Pipeline.parse("LR(threshold=0.8) - Pr(ratio=0.2) - Tr(epochs=1)"), small, cache=cache)
+    child = Pipeline.parse(
+        "LR(threshold=0.8) - Pr(ratio=0.2) - Tr(epochs=1) ; optimizer=sgd, lr=0.01, "
+        "loss=label_smoothing"
+    )
+    got = apply(child, small, cache=cache)
+    assert got.cache_hit == 2 and got.step_seconds[:2] == (0.0, 0.0) and got.step_seconds[2] > 0
+    fresh = apply(child, small)
+    assert torch.equal(outputs(got.model, small), outputs(fresh.model, small))
+
+
+def test_a_prefix_that_reads_a_setting_is_keyed_by_it(small, tmp_path):
+    """Gradient pruning reads the loss but not the optimizer; training reads all three."""
+    cache = PrefixCache(tmp_path, max_bytes=50_000_000)
+    apply(Pipeline.parse("Pr(criterion=taylor, ratio=0.2) - LR"), small, cache=cache)
+    sgd = apply(
+        Pipeline.parse("Pr(criterion=taylor, ratio=0.2) - LR ; optimizer=sgd"), small, cache=cache
+    )
+    assert sgd.cache_hit == 2
+    smooth = Pipeline.parse("Pr(criterion=taylor, ratio=0.2) - LR ; loss=label_smoothing")
+    assert apply(smooth, small, cache=cache).cache_hit == 0
+    apply(Pipeline.parse("Tr(epochs=1) - LR"), small, cache=cache)
+    assert apply(Pipeline.parse("Tr(epochs=1) - LR ; lr=0.01"), small, cache=cache).cache_hit == 0
+
+
+def test_steps_declare_the_settings_they_read(small):
+    assert settings_read(Step.make("LR")) == frozenset()
+    assert settings_read(Step.make("PTQ")) == frozenset()
+    assert settings_read(Step.make("Pr", criterion="l2")) == frozenset()
+    assert settings_read(Step.make("Pr", criterion="taylor")) == {"loss"}
+    assert settings_read(Step.make("Pr", criterion="taylor", structured=False)) == frozenset()
+    assert settings_read(Step.make("Pr", criterion="bn_scale")) == ALL_SETTINGS
+    for kind in ("Tr", "Reg", "QAT"):
+        assert settings_read(Step.make(kind)) == ALL_SETTINGS
+    ctx = StepContext(small.suite, small.splits, Pipeline.parse("LR"), reads=frozenset({"loss"}))
+    assert ctx.loss == "default"
+    with pytest.raises(UndeclaredSetting, match="'lr'"):
+        _ = ctx.lr
 
 
 def test_corrupt_entry_is_ignored_and_removed(small, tmp_path, caplog):
@@ -100,7 +145,7 @@ def test_qat_last_keeps_fake_quantizers_and_is_not_cached(small, tmp_path):
     [
         ("Pr(ratio=0.2) - Tr(epochs=1) - LR", 2),  # keeps the trained prefix
         ("Pr(ratio=0.2) - Tr(epochs=1)", 2),
-        ("Pr(ratio=0.2) - Tr(epochs=1) - LR ; optimizer=sgd", 0),  # settings are in every key
+        ("Pr(ratio=0.2) - Tr(epochs=1) - LR ; optimizer=sgd", 1),  # Pr(l1) reads no setting
         ("Pr(ratio=0.3) - Tr(epochs=1) - PDQ", 0),
         ("Pr(ratio=0.2) - PDQ - Tr(epochs=1)", 1),  # PDQ rounds here: the parent deferred it
         ("Pr(ratio=0.2) - Tr(epochs=1) - PDQ - LR", 2),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -11,7 +13,7 @@ from torch import nn
 
 from petra_hw.pipeline import Pipeline, Step
 from petra_hw.steps import get_step, pruning
-from petra_hw.steps.base import StepContext
+from petra_hw.steps.base import StepContext, settings_read
 from petra_hw.steps.pruning import channel_importance, output_layers, pruning_step
 from petra_hw.suite import DataContext, load_suite
 from suites.cifar10_resnet20.suite import BasicBlock, ResNet20
@@ -179,7 +181,8 @@ def test_planted_dead_channel_is_least_important_and_removed(digits, criterion):
     assert scores.shape == (8,)
     assert int(scores.argmin()) == PLANTED
     step = Step.make("Pr", criterion=criterion, ratio=1 / 8)
-    model = pruning_step(planted_tiny(), step, ctx)
+    # Run as ``apply`` runs it: reading a setting the registration does not declare would raise.
+    model = pruning_step(planted_tiny(), step, replace(ctx, reads=settings_read(step)))
     assert model.conv1.out_channels == 7
     assert bool((model.conv1.weight.flatten(1).abs().sum(1) > 0).all())  # the dead one is gone
     assert bool((model.bn1.weight != 0).all())

@@ -1,12 +1,19 @@
 """Compression steps: torch transforms registered by kind (``Tr``, ``Reg``, ``LR``, ``Pr``, ...).
 
 Each implementation is ``fn(model, step, ctx) -> model`` and lives in a module with one job; it is
-registered with ``@register("KIND")``.  Quantization intents (``PTQ``, ``PDQ``, ``FP16``) are
+registered with ``@register("KIND", reads=...)``, naming the model-level settings it reads.  Quantization intents (``PTQ``, ``PDQ``, ``FP16``) are
 resolved by backend compilers, not here.
 """
 
 from __future__ import annotations
 
-from petra_hw.steps.base import StepContext, StepFn, get_step, register, registered_kinds
+from petra_hw.steps.base import (
+    StepContext,
+    StepFn,
+    get_step,
+    register,
+    registered_kinds,
+    settings_read,
+)
 
-__all__ = ["StepContext", "StepFn", "get_step", "register", "registered_kinds"]
+__all__ = ["StepContext", "StepFn", "get_step", "register", "registered_kinds", "settings_read"]

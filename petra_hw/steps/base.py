@@ -1,15 +1,28 @@
-"""The step protocol and its registry (in the manner of Torch-Pruning's registry by layer type)."""
+"""The step protocol and its registry (in the manner of Torch-Pruning's registry by layer type).
+
+Each kind registers with the model-level settings (optimizer, lr, loss) its steps read.  The prefix
+cache keys an intermediate model by those settings only, so a child that changes the learning rate
+still reuses its parent's ``LR - Pr`` prefix; ``StepContext`` refuses a setting a step did not
+declare, so a wrong declaration fails loudly instead of serving a stale model from the cache.
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from torch import nn
 
+from petra_hw.kinds import SETTINGS
 from petra_hw.pipeline import Pipeline, Step
 from petra_hw.suite import Splits, Suite
+
+ALL_SETTINGS = frozenset(p.name for p in SETTINGS.params)
+
+
+class UndeclaredSetting(RuntimeError):
+    """A step read a model-level setting its registration does not declare."""
 
 
 @dataclass(frozen=True)
@@ -23,23 +36,33 @@ class StepContext:
     channel_multiple: int = 1
     seed: int = 0
     epoch_callback: Callable[[int, float], None] | None = None
+    reads: frozenset[str] | None = None  # settings the running step declared (None: any)
+
+    def _setting(self, name: str) -> object:
+        if self.reads is not None and name not in self.reads:
+            raise UndeclaredSetting(
+                f"a step read the setting {name!r} without declaring it in @register(reads=...)"
+            )
+        return self.pipeline.setting(name)
 
     @property
     def optimizer(self) -> str:
-        return str(self.pipeline.setting("optimizer"))
+        return str(self._setting("optimizer"))
 
     @property
     def lr(self) -> float:
-        return float(self.pipeline.setting("lr"))
+        return float(self._setting("lr"))
 
     @property
     def loss(self) -> str:
-        return str(self.pipeline.setting("loss"))
+        return str(self._setting("loss"))
 
 
 StepFn = Callable[[nn.Module, Step, StepContext], nn.Module]
+Reads = Collection[str] | Callable[[Step], Collection[str]]
 
 _REGISTRY: dict[str, StepFn] = {}
+_READS: dict[str, Reads] = {}
 # Modules that register the built-in steps; imported on first lookup to keep imports light.
 _BUILTIN_MODULES = (
     "petra_hw.steps.lowrank",
@@ -50,9 +73,16 @@ _BUILTIN_MODULES = (
 )
 
 
-def register(kind: str) -> Callable[[StepFn], StepFn]:
+def register(kind: str, reads: Reads = ()) -> Callable[[StepFn], StepFn]:
+    """Register ``fn`` for ``kind``; ``reads`` names the settings it reads (or maps a step of
+    that kind to them, when its parameters decide)."""
+    unknown = set() if callable(reads) else set(reads) - ALL_SETTINGS
+    if unknown:
+        raise ValueError(f"{kind}: unknown settings {sorted(unknown)}")
+
     def deco(fn: StepFn) -> StepFn:
         _REGISTRY[kind] = fn
+        _READS[kind] = reads
         return fn
 
     return deco
@@ -73,6 +103,13 @@ def get_step(kind: str) -> StepFn:
     if kind not in _REGISTRY:
         raise KeyError(f"no implementation registered for step kind {kind!r}")
     return _REGISTRY[kind]
+
+
+def settings_read(step: Step) -> frozenset[str]:
+    """The model-level settings ``step`` reads, as its kind registered them."""
+    get_step(step.kind)
+    reads = _READS[step.kind]
+    return frozenset(reads(step) if callable(reads) else reads)
 
 
 def registered_kinds() -> list[str]:

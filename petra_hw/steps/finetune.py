@@ -13,7 +13,7 @@ import logging
 from torch import nn
 
 from petra_hw.pipeline import Step
-from petra_hw.steps.base import StepContext, register
+from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
 from petra_hw.training import train
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,6 @@ def fit(model: nn.Module, epochs: int, ctx: StepContext) -> nn.Module:
     return model
 
 
-@register("Tr")
+@register("Tr", reads=ALL_SETTINGS)
 def finetune_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     return fit(model, int(step["epochs"]), ctx)

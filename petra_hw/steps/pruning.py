@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from petra_hw.pipeline import Step
-from petra_hw.steps.base import StepContext, register
+from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
 from petra_hw.suite import Split
 from petra_hw.training import batch_loss, make_loss, train
 
@@ -156,6 +156,21 @@ def slimming_pass(model: nn.Module, ctx: StepContext) -> None:
     log.info("bn_scale sparsity pass: %d samples, final loss %.4f", len(data), result.final_loss)
 
 
+# The settings each criterion's data pass reads (gradient criteria the loss, bn_scale trains);
+# magnitude criteria and unstructured pruning read none.
+CRITERION_READS: dict[str, frozenset[str]] = {
+    "taylor": frozenset({"loss"}),
+    "hessian": frozenset({"loss"}),
+    "bn_scale": ALL_SETTINGS,
+}
+
+
+def pruning_reads(step: Step) -> frozenset[str]:
+    if not step["structured"] or float(step["ratio"]) <= 0.0:
+        return frozenset()
+    return CRITERION_READS.get(str(step["criterion"]), frozenset())
+
+
 def prepare_criterion(model: nn.Module, criterion: str, ctx: StepContext) -> None:
     """Run the data pass a criterion needs (gradients, Fisher, or slimming) on the train split."""
     if criterion == "taylor":
@@ -256,7 +271,7 @@ def prune_unstructured(
     return model
 
 
-@register("Pr")
+@register("Pr", reads=pruning_reads)
 def pruning_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     """``Pr(criterion, ratio, scope, structured)``: prune ``model`` in place and log its cost."""
     criterion, scope = str(step["criterion"]), str(step["scope"])

@@ -49,7 +49,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from petra_hw.artifact import InputSpec
 from petra_hw.pipeline import Pipeline, Step
 from petra_hw.precision import QUANT_KINDS
-from petra_hw.steps.base import StepContext, register
+from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
 from petra_hw.steps.finetune import fit
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def fold_quantized_weights(fq: nn.Module, plain: nn.Module, example: torch.Tenso
     return plain.eval()
 
 
-@register("QAT")
+@register("QAT", reads=ALL_SETTINGS)
 def intermediate_qat_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     """QAT that is not last: train with fake quantization, then fold into a plain float model."""
     fq = fit(_quantize(model, ctx), int(step["epochs"]), ctx)

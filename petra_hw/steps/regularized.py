@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from petra_hw.pipeline import Step
-from petra_hw.steps.base import StepContext, register
+from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
 from petra_hw.steps.lowrank import (
     build_pair,
     dense_equivalent,
@@ -250,7 +250,7 @@ def _with_norm(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     return model
 
 
-@register("Reg")
+@register("Reg", reads=ALL_SETTINGS)
 def regularized_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     """Train with the chosen regularizer; the architecture comes back unchanged."""
     reg = str(step["reg"])
