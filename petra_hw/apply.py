@@ -11,11 +11,12 @@ hash, the prefix's step roles, channel multiple, seed, petra-hw version): the ro
 key because the same prefix means a different model when its last quantization step is the
 pipeline's last (deferred) or not.  The prefix hash covers only the model-level settings that the
 prefix's steps read (``steps.settings_read``; each step runs with a context that refuses any
-other), so ``LR - Pr`` is one entry whatever the learning rate of the training that follows it.  Entries are files written by ``petra_hw.serialize`` (JSON
-spec + state dict, loaded with ``weights_only=True``), each written to a temporary file and moved
-into place with ``os.replace``, so a killed writer never leaves a half entry; an entry that fails
-to load is logged, removed and recomputed.  Eviction is least-recently-used (file mtime, touched
-on every hit) by total bytes.  Each entry records the compute seconds of its whole prefix, so a
+other), so ``LR - Pr`` is one entry whatever the learning rate of the training that follows it.
+Entries are files written by ``petra_hw.serialize`` (JSON spec + state dict, loaded with
+``weights_only=True``), each written to a temporary file and moved into place with
+``os.replace``, so a killed writer never leaves a half entry; an entry that fails to load is
+logged, removed and recomputed.  Eviction is least-recently-used (file mtime, touched on every
+hit) by total bytes.  Each entry records the compute seconds of its whole prefix, so a
 hit knows what it saved.  Fake-quantized models (QAT as last step) are not cached.
 """
 

@@ -1,8 +1,8 @@
 """Compression steps: torch transforms registered by kind (``Tr``, ``Reg``, ``LR``, ``Pr``, ...).
 
 Each implementation is ``fn(model, step, ctx) -> model`` and lives in a module with one job; it is
-registered with ``@register("KIND", reads=...)``, naming the model-level settings it reads.  Quantization intents (``PTQ``, ``PDQ``, ``FP16``) are
-resolved by backend compilers, not here.
+registered with ``@register("KIND", reads=...)``, naming the model-level settings it reads.
+Quantization intents (``PTQ``, ``PDQ``, ``FP16``) are resolved by backend compilers, not here.
 """
 
 from __future__ import annotations
