@@ -62,12 +62,27 @@ def cpu_capabilities() -> tuple[str, ...]:
     return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def compile_config(precision: str, threads: int, settings: dict[str, object]) -> dict[str, object]:
-    return {
-        "INFERENCE_PRECISION_HINT": HINTS[precision],
+def compile_config(
+    hint: str | None, threads: int, settings: dict[str, object]
+) -> dict[str, object]:
+    """The CPU plugin's configuration; ``hint=None`` leaves the inference precision to the plugin
+    (its default: BF16 float parts on a BF16 CPU), as a user of ``nncf.quantize`` gets it."""
+    config: dict[str, object] = {
         "PERFORMANCE_HINT": str(settings.get("performance_hint", "LATENCY")),
         "INFERENCE_NUM_THREADS": threads,
     }
+    if hint is not None:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    return config
+
+
+def inference_hint(request: CompileRequest) -> str | None:
+    """What the compile asks the plugin for: the precision's hint, or for the ``nncf-default``
+    reference recipe only the one it names (none: the plugin's default)."""
+    if request.option("recipe") == "nncf-default":
+        hint = request.option("inference_precision")
+        return None if hint is None else str(hint)
+    return HINTS[request.precision]
 
 
 def runtime_op_counts(compiled) -> dict[str, object]:
@@ -113,6 +128,12 @@ def _nncf_quantize(model, request: CompileRequest, settings: dict[str, object]):
         raise ValueError("INT8 static quantization needs a non-empty calib split")
     samples = list(request.calib.x.numpy().astype(np.float32)[:, None])  # items of batch 1
     sink = io.StringIO()
+    if request.option("recipe") == "nncf-default":  # the peer: nncf.quantize at its defaults
+        with contextlib.redirect_stdout(sink):
+            quantized = nncf.quantize(model, nncf.Dataset(samples))
+        log.debug("nncf: %s", sink.getvalue().strip())
+        return quantized, {"mode": "static", "tool": f"nncf {nncf.__version__}",
+                           "recipe": "nncf-default", "calibration_samples": min(300, len(samples))}  # fmt: skip
     with contextlib.redirect_stdout(sink):  # NNCF draws progress bars on stdout
         quantized = nncf.quantize(
             model,
@@ -208,10 +229,11 @@ class OpenVinoBackend:
         request.out_dir.mkdir(parents=True, exist_ok=True)
         # Keep FP32 weights in the IR (save_model would halve them to FP16 by default).
         ov.save_model(ov_model, str(request.out_dir / MODEL_FILE), compress_to_fp16=False)
-        config = compile_config(request.precision, request.profile.effective_threads(), settings)
+        hint = inference_hint(request)
+        config = compile_config(hint, request.profile.effective_threads(), settings)
         compiled = ov.Core().compile_model(ov_model, "CPU", config)
         effective = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-        if effective != HINTS[request.precision]:
+        if hint is not None and effective != hint:
             raise UserError(f"OpenVINO compiled the {request.precision} artifact at {effective}")
         files = [MODEL_FILE, WEIGHTS_FILE]
         return write_artifact(

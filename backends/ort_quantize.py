@@ -122,14 +122,34 @@ def calibrate(model: Path, method, options: dict, reader: _Reader) -> Path:
     return cache
 
 
+def quantize_static_defaults(src: Path, dst: Path, request: CompileRequest) -> dict[str, object]:
+    """The ``ort-quantize-static`` reference: ``quantize_static(model, out, reader)`` exactly as
+    its documentation's first example calls it (QDQ, S8S8, per-tensor, MinMax, no pre-process)."""
+    from onnxruntime.quantization import quantize_static
+
+    batches = calib_batches(request.calib)
+    _quiet(quantize_static, str(src), str(dst), _Reader(request.input_spec.name, batches))
+    return {"mode": "static", "recipe": "ort-defaults", "format": "QDQ", "per_channel": False,
+            "activation_type": "QInt8", "weight_type": "QInt8", "calibration": "minmax",
+            "calibration_samples": sum(len(b) for b in batches), "pre_process": False}  # fmt: skip
+
+
+# ORT's documented x86 recipe (the ``ort-x86`` reference): U8S8, per-channel weights.
+X86_TYPES = {"activation_type": "QUInt8", "weight_type": "QInt8"}
+
+
 def quantize_static_qdq(src: Path, dst: Path, request: CompileRequest) -> dict[str, object]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    if request.option("recipe") == "ort-defaults":
+        return quantize_static_defaults(src, dst, request)
     calibration = str(request.option("calibration", "minmax") or "minmax")
     if calibration not in CALIBRATION:
         raise UserError(f"unknown calibration '{calibration}' ({', '.join(CALIBRATION)})")
     method = getattr(CalibrationMethod, CALIBRATION[calibration])
     types = quant_types(request)
+    if request.option("recipe") == "ort-x86":  # the peer ignores the profile's overrides
+        types = {**types, **X86_TYPES, "reduce_range": not has_vnni()}
     batches = calib_batches(request.calib)
     pre = pre_process(src, dst.with_name("pre.onnx"))
     options = CALIBRATOR_OPTIONS.get(calibration, {})
@@ -149,6 +169,7 @@ def quantize_static_qdq(src: Path, dst: Path, request: CompileRequest) -> dict[s
     )
     return {
         "mode": "static",
+        **({"recipe": "ort-x86"} if request.option("recipe") == "ort-x86" else {}),
         "format": "QDQ",
         "per_channel": True,
         **types,

@@ -18,6 +18,7 @@ from petra_hw.errors import UserError
 
 COMMANDS = (
     "tune",
+    "peers",
     "compile",
     "profile",
     "report",

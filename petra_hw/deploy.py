@@ -39,9 +39,20 @@ def _slug(text: str, limit: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "pipeline"
 
 
-def _choose(run: dict[str, Any], candidates: list[str] | None) -> list[dict[str, Any]]:
-    """The front (no ``candidates``), or each requested id (a unique prefix is enough)."""
+def _choose(
+    run: dict[str, Any], candidates: list[str] | None, best: str | None = None
+) -> list[dict[str, Any]]:
+    """The front (no ``candidates``), each requested id (a unique prefix is enough), or the
+    run's best artifact within its quality budget for objective ``best``."""
     evaluations = run["evaluations"]
+    if best is not None:
+        chosen = run["best"].get(best)
+        if chosen is None:
+            raise UserError(
+                f"run {run['id']} has no artifact within its quality budget "
+                f"({run['quality_budget']:.1%}) for {best}"
+            )
+        return [next(e for e in evaluations if e["id"] == chosen)]
     if not candidates:
         by_id = {e["id"]: e for e in evaluations}
         return [by_id[i] for i in run["front"]]
@@ -185,16 +196,20 @@ def _copy(src: Path, dest: Path) -> Path:
 
 
 def export_runs(
-    run_dirs: list[str | Path], out: str | Path, candidates: list[str] | None = None
+    run_dirs: list[str | Path],
+    out: str | Path,
+    candidates: list[str] | None = None,
+    best: str | None = None,
 ) -> list[Exported]:
-    """Copy the front (or the given candidates) of each run to ``out/<profile>/<pipeline>-<id>``."""
+    """Copy the front (the given candidates, or the best artifact within the quality budget for
+    objective ``best``) of each run to ``out/<profile>/<pipeline>-<id>``."""
     from petra_hw.report.build import build_run
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output folder {out} exists and is not empty; choose another --out")
     runs = [build_run(d) for d in run_dirs]
-    plan = [(run, ev, _source(run, ev)) for run in runs for ev in _choose(run, candidates)]
+    plan = [(run, ev, _source(run, ev)) for run in runs for ev in _choose(run, candidates, best)]
     if not plan:
         raise UserError("nothing to export: no run has a Pareto front (did every candidate fail?)")
     exported = []

@@ -2,7 +2,8 @@
 
 One folder per device and pipeline under ``--out`` (which must be new or empty), each with the
 artifact, its manifest and a README.md on how to load it.  ``--front`` (the default) exports the
-Pareto front of each run; ``--candidate`` exports the given ids (a unique prefix is enough).
+Pareto front of each run; ``--candidate`` exports the given ids (a unique prefix is enough);
+``--best latency|size|throughput`` the best artifact within the run's quality budget.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ def add_parser(sub) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--front", action="store_true", help="the Pareto front (default)")
     which.add_argument("--candidate", action="append", metavar="ID", help="a candidate id")
+    which.add_argument(
+        "--best",
+        choices=("latency", "size", "throughput"),
+        default=None,
+        help="the best artifact within the run's quality budget for this objective",
+    )
     p.add_argument("--out", type=Path, required=True, help="new or empty folder, e.g. deploy/")
     p.set_defaults(func=run)
 
@@ -27,9 +34,11 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from petra_hw.deploy import export_runs
     from petra_hw.search.tune import find_run
+    from petra_hw.value import objective_name
 
     run_dirs = [find_run(r, args.base) for r in args.runs]
-    exported = export_runs(run_dirs, args.out, None if args.front else args.candidate)
+    best = objective_name(args.best) if args.best else None
+    exported = export_runs(run_dirs, args.out, None if args.front else args.candidate, best)
     rows = [[e.profile, e.pipeline, e.backend, e.precision, str(e.path)] for e in exported]
     console.print(
         table(

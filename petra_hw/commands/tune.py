@@ -103,6 +103,12 @@ def add_parser(sub) -> None:
         help="comma list among quality, latency_ms, throughput_ips, size_bytes, energy_j, "
         "complexity (default quality,latency_ms,size_bytes; + energy_j on GPUs)",
     )
+    p.add_argument(
+        "--no-references",
+        dest="references",
+        action="store_false",
+        help="skip the one-shot peers and the training control (comparison runs)",
+    )
     p.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained")
     p.add_argument("--resume", metavar="RUN", default=None, help="continue a run (id or folder)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="base folder of run folders")
@@ -125,7 +131,10 @@ def _cell(value: float | None, ref: float | None, digits: int = 3) -> str:
 def _line(p) -> str:
     """One line per finished evaluation."""
     ev = p.last
-    head = f"[{'journal' if p.reused else p.evaluations}] {ev.candidate.pipeline}"
+    what = (
+        f"reference {ev.candidate.reference}" if ev.candidate.reference else ev.candidate.pipeline
+    )
+    head = f"[{'journal' if p.reused else p.evaluations}] {what}"
     if not ev.ok:
         return f"[red]✗[/] {head}: {ev.error_kind}: {ev.error}"
     o, ref = ev.objectives, (p.original.objectives if p.original else {})
@@ -152,19 +161,33 @@ def _status(p) -> str:
     )
 
 
+def _name(ev) -> str:
+    if ev.candidate.reference:
+        return f"ref: {ev.candidate.reference}"
+    return str(ev.candidate.pipeline)
+
+
 def _summary(result) -> None:
+    from petra_hw.value import compare, quality_budget, undertrained, within_budget
+
     o = result.original
+    objectives = result.objectives
+    budget = quality_budget(objectives.config.max_quality_drop)
     rows = []
     front = sorted(result.front, key=lambda e: e.objectives.get("latency_ms", 0.0))
-    for ev in [o, *[e for e in front if e.candidate.id != o.candidate.id]]:
+    refs = [r for r in result.references if r.ok]
+    for ev in [o, *refs, *[e for e in front if e.candidate.id != o.candidate.id]]:
         obj = ev.objectives
-        if ev is o:  # the reference row carries no percentages
+        if ev is o:  # the Original's row carries no percentages
             ref_q, ref = {}, {}
         else:
             ref_q, ref = o.quality, o.objectives
+        name = _name(ev)
+        if not ev.candidate.reference and ev is not o and not within_budget(ev, objectives, budget):
+            name += " [yellow](over budget)[/]"
         rows.append(
             [
-                str(ev.candidate.pipeline),
+                name,
                 _cell(ev.quality.get("val"), ref_q.get("val"), 4),
                 _cell(ev.quality.get("test"), ref_q.get("test"), 4),
                 _cell(obj.get("latency_ms"), ref.get("latency_ms"), 4),
@@ -176,7 +199,8 @@ def _summary(result) -> None:
     metric = result.objectives.config.split
     console.print(
         table(
-            f"Pareto front of {result.run_id} (chosen on {metric}; % vs Original)",
+            f"Pareto front of {result.run_id} beside the references (chosen on {metric}; "
+            "% vs Original)",
             [
                 "pipeline",
                 "quality val",
@@ -189,6 +213,19 @@ def _summary(result) -> None:
             rows,
         )
     )
+    for ev in result.references:
+        if not ev.ok:
+            console.print(
+                f"[red]✗[/] reference {ev.candidate.reference}: {ev.error_kind}: {ev.error}"
+            )
+    console.print(
+        f"best within the quality budget ({budget:.1%} of the Original's val metric) vs the best peer:"
+    )
+    for c in compare(result.front, result.references, objectives, budget):
+        console.print(f"  {c.line()}")
+    warning = undertrained(o, result.references, objectives.config.higher_is_better)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}")
     stats = result.stats
     cache = stats.get("prefix_cache", {})
     errors_by_kind = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("errors", {}).items()))
@@ -278,4 +315,5 @@ def _settings(args: argparse.Namespace, cls):
         objectives=args.objectives,
         mode=args.mode,
         backend=args.backend,
+        references=args.references,
     )

@@ -20,14 +20,16 @@ import numpy as np
 
 from petra_hw import __version__
 from petra_hw.errors import UserError
+from petra_hw.references import get_recipe
 from petra_hw.search.objectives import DEFAULT_OBJECTIVES, ObjectiveConfig, Objectives
 from petra_hw.search.selection import pareto_front
 from petra_hw.search.store import JOURNAL_NAME, Store
 from petra_hw.search.types import Evaluation
+from petra_hw.value import compare, quality_budget, undertrained, within_budget
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: references, quality budget, value comparisons
 SELECTION_SPLIT = "val"  # the search ranks on val ...
 REPORT_SPLIT = "test"  # ... and reports give test (ARCHITECTURE: splits contract)
 
@@ -101,12 +103,19 @@ def measurement_summary(m: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _evaluation(
-    seq: int, ev: Evaluation, objectives: Objectives | None, names: tuple[str, ...], front: set[str]
+    seq: int,
+    ev: Evaluation,
+    objectives: Objectives | None,
+    names: tuple[str, ...],
+    front: set[str],
+    budget: float,
 ) -> dict[str, Any]:
     c = ev.candidate
     normalized = {}
+    over_budget = None
     if objectives is not None and ev.ok:
         normalized = {n: objectives.normalized(ev, n) for n in names}
+        over_budget = not within_budget(ev, objectives, budget)
     return {
         "seq": seq,
         "id": c.id,
@@ -121,6 +130,7 @@ def _evaluation(
         "error_kind": ev.error_kind,
         "feasible": bool(ev.feasible),
         "on_front": c.id in front,
+        "over_budget": over_budget,
         "backend": ev.backend,
         "precision": ev.precision,
         "quality": dict(ev.quality),
@@ -156,6 +166,37 @@ def _metric(suite: str) -> dict[str, Any]:
     }
 
 
+def _value(
+    original: Evaluation | None,
+    front: list[Evaluation],
+    references: list[Evaluation],
+    objectives: Objectives | None,
+    budget: float,
+    metric: dict[str, Any],
+) -> dict[str, Any]:
+    """The best artifact within budget per objective, each beside the best peer, and the
+    training control's verdict on the baseline."""
+    if objectives is None or original is None:
+        return {"best": {}, "value": [], "warnings": []}
+    comparisons = compare(front, references, objectives, budget)
+    warning = undertrained(original, references, metric["higher_is_better"])
+    return {
+        "best": {c.objective: c.best.candidate.id for c in comparisons if c.best is not None},
+        "value": [
+            {
+                "objective": c.objective,
+                "best": None if c.best is None else c.best.candidate.id,
+                "peer": None if c.peer is None else c.peer.candidate.reference,
+                "peer_within_budget": c.peer_within_budget,
+                "ratio": c.ratio,
+                "line": c.line(),
+            }
+            for c in comparisons
+        ],
+        "warnings": [warning] if warning else [],
+    }
+
+
 def build_run(run_dir: str | Path) -> dict[str, Any]:
     """Everything a report says about one run, read from its journal."""
     run_dir = Path(run_dir).resolve()
@@ -168,6 +209,7 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
             raise UserError(f"{journal} holds no run")
         record = records[-1]
         evaluations = store.evaluations(record.id)
+        references = store.references(record.id)
         hv = store.hypervolume(record.id)
     settings = record.settings
     metric = _metric(settings.get("suite", record.suite))
@@ -191,6 +233,8 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
         front = pareto_front(pool, objectives)
     front.sort(key=lambda e: e.objectives.get("latency_ms", math.inf))
     front_ids = {e.candidate.id for e in front}
+    budget = quality_budget(settings.get("max_quality_drop"))
+    value = _value(original, front, references, objectives, budget, metric)
     fp = record.fingerprint
     return finite(
         {
@@ -216,9 +260,19 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
             "original": original.candidate.id if original is not None else None,
             "front": [e.candidate.id for e in front],
             "evaluations": [
-                _evaluation(i + 1, e, objectives, names, front_ids)
+                _evaluation(i + 1, e, objectives, names, front_ids, budget)
                 for i, e in enumerate(evaluations)
             ],
+            "references": [
+                {
+                    **_evaluation(i + 1, e, objectives, names, set(), budget),
+                    "reference": e.candidate.reference,
+                    "recipe": get_recipe(e.candidate.reference).doc,
+                }
+                for i, e in enumerate(references)
+            ],
+            "quality_budget": budget,
+            **value,
             "hypervolume": [
                 {
                     "evaluations": p.evaluations,

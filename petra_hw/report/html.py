@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from petra_hw.report.plots import SavedPlot
-from petra_hw.report.tables import paper_tables
+from petra_hw.report.tables import paper_tables, row_label
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -71,12 +71,13 @@ def _candidates(run: dict[str, Any]) -> str:
         "error",
     ]
     rows = []
-    for e in run["evaluations"]:
+    listed = [*run.get("references", []), *run["evaluations"]]
+    for e in listed:
         lat = (e["measurement"] or {}).get("latency", {})
         rows.append(
             [
                 str(e["seq"]),
-                e["pipeline"],
+                row_label(e),
                 e["id"],
                 str(e["generation"]),
                 e["operator"] or "",
@@ -88,11 +89,11 @@ def _candidates(run: dict[str, Any]) -> str:
                 _num(e["objectives"].get("throughput_ips"), 0),
                 _num(e["objectives"].get("size_bytes"), 3, 1e6),
                 "yes" if e["feasible"] else "no",
-                "yes" if e["on_front"] else "",
+                ("yes, over budget" if e.get("over_budget") else "yes") if e["on_front"] else "",
                 "" if e["ok"] else f"{e['error_kind']}: {e['error']}",
             ]
         )
-    return _table(header, rows, [e["on_front"] for e in run["evaluations"]])
+    return _table(header, rows, [e["on_front"] for e in listed])
 
 
 def render_html(document: dict[str, Any], plots: list[SavedPlot]) -> str:

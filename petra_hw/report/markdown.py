@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from petra_hw.report.tables import COLUMNS, PaperTable, paper_tables
+from petra_hw.report.tables import COLUMNS, PaperTable, paper_tables, row_label, rows_of
 
 
 def _esc(text: str) -> str:
@@ -50,16 +50,18 @@ def _run_section(run: dict[str, Any]) -> list[str]:
 
 def _failures(document: dict[str, Any]) -> list[str]:
     rows = [
-        (run["profile"]["name"], e)
-        for run in document["runs"]
-        for e in run["evaluations"]
-        if not e["ok"]
+        (run["profile"]["name"], e) for run in document["runs"] for e in rows_of(run) if not e["ok"]
     ]
     if not rows:
         return []
-    out = ["## Failed candidates", "", "| device | pipeline | kind | error |", "|---|---|---|---|"]
+    out = [
+        "## Failed candidates and references",
+        "",
+        "| device | pipeline | kind | error |",
+        "|---|---|---|---|",
+    ]
     out += [
-        f"| {_esc(d)} | {_esc(e['pipeline'])} | {e['error_kind']} | {_esc(e['error'] or '')} |"
+        f"| {_esc(d)} | {_esc(row_label(e))} | {e['error_kind']} | {_esc(e['error'] or '')} |"
         for d, e in rows
     ]
     return [*out, ""]

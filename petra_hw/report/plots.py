@@ -24,6 +24,7 @@ AXES: dict[str, tuple[str, float]] = {
     "size_bytes": ("size MB (on disk)", 1e6),
     "energy_j": ("energy J per inference", 1.0),
 }
+REFERENCE_MARKERS = ("s", "^", "v", "P", "X", "h", "<", ">")
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,17 @@ def _label(name: str, run: dict[str, Any]) -> str:
     return AXES[name][0].format(metric=run["metric"]["name"])
 
 
+def _has(ev: dict[str, Any], name: str) -> bool:
+    return ev["objectives"].get(name) is not None
+
+
 def _value(ev: dict[str, Any], name: str) -> float:
     return ev["objectives"][name] / AXES[name][1]
 
 
 def pareto_figure(run: dict[str, Any], x: str, y: str) -> Figure:
-    """Every successful evaluation, the front highlighted and named, the Original starred."""
+    """Every successful evaluation, the front highlighted and named, the Original starred, each
+    reference point with its own marker, front points over the quality budget crossed."""
     fig = Figure(figsize=(6.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
     ok = [e for e in run["evaluations"] if e["ok"]]
@@ -100,6 +106,30 @@ def pareto_figure(run: dict[str, Any], x: str, y: str) -> Figure:
                 xytext=(4, 4),
                 textcoords="offset points",
             )
+    # Reference points: one distinct marker per recipe, each named, never part of the front.
+    refs = [e for e in run.get("references", []) if e["ok"] and _has(e, x) and _has(e, y)]
+    for e, marker in zip(refs, itertools.cycle(REFERENCE_MARKERS)):
+        ax.scatter(
+            [_value(e, x)],
+            [_value(e, y)],
+            marker=marker,
+            s=70,
+            facecolors="none",
+            edgecolors="#1f77b4",
+            label=f"ref: {e['reference']}",
+            zorder=3,
+        )
+    over = [e for e in others if e["on_front"] and e.get("over_budget")]
+    if over:
+        ax.scatter(
+            [_value(e, x) for e in over],
+            [_value(e, y) for e in over],
+            marker="x",
+            s=60,
+            color="#ff7f0e",
+            label=f"over quality budget ({len(over)})",
+            zorder=4,
+        )
     if original is not None:
         ax.scatter(
             [_value(original, x)],

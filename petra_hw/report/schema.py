@@ -109,11 +109,39 @@ _EVALUATION = {
         "artifact": _STR,
         "timings_s": _NUM_MAP,
         "cache_hit_steps": {"type": "integer"},
+        "over_budget": {"type": ["boolean", "null"]},
     },
     # an evaluation either has an error or measured objectives, never neither
     "if": {"properties": {"ok": {"const": True}}},
     "then": {"properties": {"error": {"type": "null"}, "measurement": {"type": "object"}}},
     "else": {"properties": {"error": {"type": "string"}}},
+}
+
+# A reference point (a one-shot peer recipe or the training control): an evaluation named by its
+# recipe, never on a front.
+_REFERENCE = {
+    **_EVALUATION,
+    "required": [*_EVALUATION["required"], "reference", "recipe"],
+    "properties": {
+        **_EVALUATION["properties"],
+        "id": {"type": "string", "pattern": "^ref-[A-Za-z0-9+._-]+$"},
+        "reference": {"type": "string"},
+        "recipe": {"type": "string"},
+        "on_front": {"const": False},
+    },
+}
+
+_COMPARISON = {
+    "type": "object",
+    "required": ["objective", "best", "peer", "peer_within_budget", "ratio", "line"],
+    "properties": {
+        "objective": {"enum": ["latency_ms", "size_bytes", "throughput_ips"]},
+        "best": _STR,
+        "peer": _STR,
+        "peer_within_budget": {"type": "boolean"},
+        "ratio": _NUM,
+        "line": {"type": "string"},
+    },
 }
 
 _RUN = {
@@ -136,6 +164,11 @@ _RUN = {
         "original",
         "front",
         "evaluations",
+        "references",
+        "quality_budget",
+        "best",
+        "value",
+        "warnings",
         "hypervolume",
     ],
     "properties": {
@@ -168,6 +201,11 @@ _RUN = {
         "original": _STR,
         "front": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
         "evaluations": {"type": "array", "items": _EVALUATION},
+        "references": {"type": "array", "items": _REFERENCE},
+        "quality_budget": {"type": "number", "minimum": 0},
+        "best": {"type": "object", "additionalProperties": {"type": "string"}},
+        "value": {"type": "array", "items": _COMPARISON},
+        "warnings": {"type": "array", "items": {"type": "string"}},
         "hypervolume": {
             "type": "array",
             "items": {
@@ -191,7 +229,7 @@ SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema_version", "generated", "petra_hw_version", "runs"],
     "properties": {
-        "schema_version": {"const": 1},
+        "schema_version": {"const": 2},
         "generated": {"type": "string"},
         "petra_hw_version": {"type": "string"},
         "runs": {"type": "array", "minItems": 1, "items": _RUN},

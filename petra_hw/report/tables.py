@@ -1,7 +1,8 @@
 """The paper's results table as plain cells, shared by the Markdown and HTML renderings.
 
 Layout: ``Pipeline | quality | latency ms | throughput ips | size MB`` (plus the backend and
-precision that were measured), rows = the Original and then the Pareto-optimal pipelines, each
+precision that were measured), rows = the Original, the reference points (``ref: <recipe>``: the
+device's one-shot peers and the training control), then the Pareto-optimal pipelines, each
 value as ``value (±x%)`` relative to the Original *on the same device*.  Runs of one suite on
 several devices become column groups side by side (CPU and GPU columns); a pipeline that has no
 result on a device says why: ``not runnable`` when its precision cannot be deployed there (its
@@ -97,7 +98,18 @@ def _group_cells(run: dict[str, Any], ev: dict[str, Any] | None, pipeline_json: 
         fmt_cell(v, r, digits, scale)
         for v, r, (digits, scale) in zip(_values(ev, split), refs, FORMATS, strict=True)
     ]
+    if ev.get("over_budget") and not ev.get("reference"):
+        cells[0] += " over budget"
     return [*cells, f"{ev['backend']} {ev['precision']}"]
+
+
+def rows_of(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every evaluation of a run with a row: candidates and references."""
+    return [*run["evaluations"], *run.get("references", [])]
+
+
+def row_label(ev: dict[str, Any]) -> str:
+    return f"ref: {ev['reference']}" if ev.get("reference") else ev["pipeline"]
 
 
 def _labels(runs: list[dict[str, Any]]) -> list[str]:
@@ -140,6 +152,13 @@ def _notes(runs: list[dict[str, Any]], labels: list[str]) -> list[str]:
             + (f", {noisy} flagged noisy" if noisy else "")
             + "."
         )
+        if run.get("value"):
+            notes.append(
+                f"{label}: best within the quality budget ({run['quality_budget']:.1%} of the "
+                "Original's val metric) vs the best peer: "
+                + "; ".join(v["line"] for v in run["value"])
+            )
+        notes += [f"{label}: warning: {w}" for w in run.get("warnings", [])]
     return notes
 
 
@@ -154,17 +173,18 @@ def paper_tables(document: dict[str, Any]) -> list[PaperTable]:
         header = ["Pipeline"]
         for label in labels:
             header += [c if len(runs) == 1 else f"{label} {c}" for c in COLUMNS]
-        order: dict[str, dict] = {}  # candidate id -> pipeline json, Original first
+        order: dict[str, dict] = {}  # id -> first evaluation: Original, references, front
         for run in runs:
-            by_id = {e["id"]: e for e in run["evaluations"]}
-            for cid in [run["original"], *run["front"]]:
+            by_id = {e["id"]: e for e in rows_of(run)}
+            refs = [e["id"] for e in run.get("references", [])]
+            for cid in [run["original"], *refs, *run["front"]]:
                 if cid is not None and cid in by_id:
                     order.setdefault(cid, by_id[cid])
         rows = []
         for cid, first in order.items():
-            row = [first["pipeline"]]
+            row = [row_label(first)]
             for run in runs:
-                ev = next((e for e in run["evaluations"] if e["id"] == cid), None)
+                ev = next((e for e in rows_of(run) if e["id"] == cid), None)
                 row += _group_cells(run, ev, first["pipeline_json"])
             rows.append(row)
         tables.append(PaperTable(suite, header, rows, _notes(runs, labels)))

@@ -51,6 +51,7 @@ from petra_hw.pipeline import Pipeline, Step
 from petra_hw.precision import resolve
 from petra_hw.profiler import LOCK_PATH
 from petra_hw.profiles import Profile, load_profile
+from petra_hw.references import get_recipe
 from petra_hw.search.objectives import ObjectiveConfig, Objectives
 from petra_hw.search.types import Candidate, Evaluation
 from petra_hw.suite import DataContext, Splits, Suite, load_suite
@@ -388,12 +389,22 @@ def _evaluate(
         torch.set_num_threads(ctx.train_threads)
     suite, profile, splits = env.suite, env.profile, env.baseline.splits
     pipeline = candidate.pipeline
-    intent = resolve(pipeline, float_precision(profile))
-    state["precision"] = intent.label()
-    backend = choose_backend(profile, intent.precision, ctx.backend, intent.mode)
+    if candidate.reference:  # a one-shot recipe: its own backend and options, never the pin
+        recipe = get_recipe(candidate.reference)
+        intent = recipe.intent(float_precision(profile))
+        options = recipe.compile_options(float_precision(profile))
+        state["precision"] = intent.label()
+        backend = choose_backend(
+            profile, intent.precision, recipe.backend or ctx.backend, intent.mode
+        )
+    else:
+        intent = resolve(pipeline, float_precision(profile))
+        options = intent.options()
+        state["precision"] = intent.label()
+        backend = choose_backend(profile, intent.precision, ctx.backend, intent.mode)
     state["backend"] = backend
     fault = _active_fault(ctx.fault, pipeline)
-    out_dir = ctx.run_dir / "candidates" / candidate.id
+    out_dir = ctx.run_dir / ("references" if candidate.reference else "candidates") / candidate.id
 
     with computing():
         t = time.perf_counter()
@@ -437,7 +448,7 @@ def _evaluate(
                 intent.precision,
                 out_dir,
                 pipeline=pipeline.to_json(),
-                options=intent.options(),
+                options=options,
             )
         timings["compile_s"] = time.perf_counter() - t
         reference = env.reference_outputs
@@ -463,12 +474,19 @@ def _evaluate(
         parity=dict(assessment.parity),
         measurement=measurement,
         artifact=str(assessment.artifact.path),
-        precision=intent.label(),
+        precision=measured_label(intent.label(), assessment.artifact.manifest),
         backend=backend,
         timings_s=timings,
         cache_hit_steps=applied.cache_hit,
     )
     return replace(ev, feasible=feasible(ev, ctx.objectives, ctx.reference))
+
+
+def measured_label(label: str, manifest: dict) -> str:
+    """The precision label with what the runtime really ran the float parts at, where that
+    differs from f32 (OpenVINO's default CPU configuration runs them in BF16 on a BF16 CPU)."""
+    ran = manifest.get("openvino", {}).get("inference_precision")
+    return f"{label}+{ran}" if ran and ran != "f32" and not label.startswith(ran) else label
 
 
 def _keep_samples(m, folder: Path) -> dict:

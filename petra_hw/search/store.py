@@ -26,7 +26,7 @@ from typing import Any
 from petra_hw.errors import UserError
 from petra_hw.search.types import Evaluation
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the references table
 JOURNAL_NAME = "journal.sqlite"
 
 _SCHEMA = """
@@ -63,6 +63,15 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS evaluations_seq ON evaluations(run_id, seq);
 CREATE INDEX IF NOT EXISTS evaluations_generation ON evaluations(run_id, generation);
+CREATE TABLE IF NOT EXISTS reference_evaluations (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    error TEXT,
+    data TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 CREATE TABLE IF NOT EXISTS strategy_states (
     run_id TEXT NOT NULL REFERENCES runs(id),
     generation INTEGER NOT NULL,
@@ -281,6 +290,30 @@ class Store:
             "SELECT candidate_id FROM evaluations WHERE run_id=?", (run_id,)
         ).fetchall()
         return {r["candidate_id"] for r in rows}
+
+    # -- references (peers and the training control: never candidates) -----------------------
+    def add_reference(self, run_id: str, ev: Evaluation) -> bool:
+        """Journal one reference evaluation (``ev.candidate.reference`` names it); False, writing
+        nothing, when it is already journaled."""
+        name = ev.candidate.reference
+        if not name:
+            raise ValueError("add_reference needs an evaluation of a reference candidate")
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO reference_evaluations (run_id, name, seq, error, data, created)"
+                " SELECT ?, ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM reference_evaluations"
+                " WHERE run_id=? ON CONFLICT (run_id, name) DO NOTHING",
+                (run_id, name, ev.error, json.dumps(ev.to_json(), sort_keys=True), time.time(),
+                 run_id),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    def references(self, run_id: str) -> list[Evaluation]:
+        """A run's reference evaluations in the order they finished."""
+        rows = self._conn.execute(
+            "SELECT data FROM reference_evaluations WHERE run_id=? ORDER BY seq", (run_id,)
+        ).fetchall()
+        return [Evaluation.from_json(json.loads(r["data"])) for r in rows]
 
     # -- strategy snapshots -------------------------------------------------------------------
     def save_state(self, run_id: str, generation: int, state: dict[str, Any]) -> None:

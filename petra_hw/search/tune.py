@@ -80,6 +80,9 @@ class TuneSettings:
     objectives: tuple[str, ...] | None = None
     mode: str = "pretrained"
     backend: str | None = None  # pin one backend of the profile
+    # Build the device's one-shot peers and the training control (``petra_hw.references``) after
+    # the Original; their time is reported apart and not charged to ``budget_s``.
+    references: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -152,6 +155,7 @@ class TuneResult:
     objectives: Objectives
     stop_reason: str
     stats: dict[str, Any] = field(default_factory=dict)
+    references: list[Evaluation] = field(default_factory=list)  # peers and the training control
 
 
 Callback = Callable[[TuneProgress], None]
@@ -258,6 +262,8 @@ class _Session:
             TuneSettings.from_json(record.settings), **(overrides or {})
         )
         self.prior_elapsed = float(record.stats.get("elapsed_s", 0.0))
+        self.references_s = float(record.stats.get("references_s", 0.0))
+        self.references = {e.candidate.reference: e for e in self.store.references(self.run_id)}
         self.sessions = list(record.stats.get("sessions", []))
         self.journal = {e.candidate.id: e for e in self.store.evaluations(self.run_id)}
         self.started = time.monotonic()
@@ -269,7 +275,12 @@ class _Session:
 
     # -- bookkeeping ------------------------------------------------------------------------
     def elapsed(self) -> float:
+        """Wall time of the run so far, every session and the references included."""
         return self.prior_elapsed + time.monotonic() - self.started
+
+    def search_elapsed(self) -> float:
+        """What the time budget counts: the run's wall time less the references'."""
+        return self.elapsed() - self.references_s
 
     def _stats(self) -> dict[str, Any]:
         evs = [e for e in self.journal.values() if e.candidate.pipeline.steps]
@@ -281,6 +292,7 @@ class _Session:
                 errors[e.error_kind] = errors.get(e.error_kind, 0) + 1
         return {
             "elapsed_s": self.elapsed(),
+            "references_s": self.references_s,
             "evaluations": len(self.journal),
             "errors": errors,
             "prefix_cache": {
@@ -309,7 +321,7 @@ class _Session:
                 generation=self.generation,
                 evaluations=len(self.journal),
                 max_evaluations=None if s.evaluations is None else s.evaluations + 1,
-                elapsed_s=self.elapsed(),
+                elapsed_s=self.search_elapsed(),
                 budget_s=s.budget_s,
                 hypervolume=self.hv,
                 best=self._best(),
@@ -366,6 +378,28 @@ class _Session:
             out.append(ev)
             self._report(ev)
         return out
+
+    def _build_references(self, executor: Executor, profile, space) -> None:
+        """Peers and the training control, each journaled as it finishes; those already in the
+        journal (a resumed run) are not rebuilt.  A failed one is kept with its reason."""
+        from petra_hw.references import control_epochs, reference_candidates
+
+        todo = [
+            c
+            for c in reference_candidates(profile.is_gpu, control_epochs(space))
+            if c.reference not in self.references
+        ]
+        if not todo:
+            return
+        t = time.monotonic()
+        try:
+            for ev in executor.submit(todo):
+                self.store.add_reference(self.run_id, ev)
+                self.references[ev.candidate.reference] = ev
+                self._report(ev)
+        finally:
+            self.references_s += time.monotonic() - t
+            self.store.update_stats(self.run_id, **self._stats())
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> TuneResult:
@@ -428,6 +462,8 @@ class _Session:
         # Offer only steps whose precision some available backend compiles here.
         usable = dataclasses.replace(profile, precisions=deployable_precisions(profile, s.backend))
         space = SearchSpace.for_profile(usable)
+        if s.references:
+            self._build_references(executor, profile, space)
         kwargs: dict[str, Any] = {"objectives": objectives}
         if s.strategy in ("evolution", "nsga2"):
             kwargs["population_size"] = max(2, s.population)
@@ -448,7 +484,7 @@ class _Session:
         last: list[Evaluation] = []
         while True:
             if not batch:
-                reason = stopper.reason(strategy, self.elapsed(), last)
+                reason = stopper.reason(strategy, self.search_elapsed(), last)
                 if reason:
                     break
                 n = s.population
@@ -458,7 +494,7 @@ class _Session:
                 batch = strategy.ask(n)
                 if not batch:
                     reason = (
-                        stopper.reason(strategy, self.elapsed(), last)
+                        stopper.reason(strategy, self.search_elapsed(), last)
                         or "the strategy asked nothing"
                     )
                     break
@@ -474,7 +510,7 @@ class _Session:
                     evaluations=len(self.journal),
                     generation=strategy.generation,
                     value=self.hv,
-                    elapsed_s=self.elapsed(),
+                    elapsed_s=self.search_elapsed(),
                 )
             self._report(None)
             batch = []
@@ -487,6 +523,7 @@ class _Session:
             run_dir=self.run_dir,
             original=self.original,
             evaluations=evaluations,
+            references=list(self.references.values()),
             front=pareto_front(
                 [e for e in evaluations if e.candidate.pipeline.steps] + [self.original], objectives
             ),

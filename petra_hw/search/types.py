@@ -30,10 +30,13 @@ class Candidate:
     generation: int = 0
     parent: str | None = None  # parent's pipeline hash
     operator: str | None = None  # mutation operator that produced it
+    # A one-shot reference recipe (``petra_hw.references``): measured beside the search, never
+    # searched, mutated or counted in a front's hypervolume.
+    reference: str | None = None
 
     @property
     def id(self) -> str:
-        return self.pipeline.hash
+        return f"ref-{self.reference}" if self.reference else self.pipeline.hash
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Evaluation:
             "generation": self.candidate.generation,
             "parent": self.candidate.parent,
             "operator": self.candidate.operator,
+            "reference": self.candidate.reference,
         }
         return d
 
@@ -72,6 +76,10 @@ class Evaluation:
     def from_json(d: dict[str, Any]) -> Evaluation:
         c = d["candidate"]
         cand = Candidate(
-            Pipeline.from_json(c["pipeline"]), c["generation"], c["parent"], c["operator"]
+            Pipeline.from_json(c["pipeline"]),
+            c["generation"],
+            c["parent"],
+            c["operator"],
+            c.get("reference"),
         )
         return Evaluation(**{**d, "candidate": cand})

@@ -1,0 +1,148 @@
+"""What a run is worth: its best artifacts within the quality budget, next to the peers.
+
+The *quality budget* is the largest relative drop of the suite's metric a user accepts (the run's
+``--max-quality-drop``, else ``DEFAULT_QUALITY_BUDGET`` = 1% of the Original's metric).  It is
+checked on val, the split the search ranks on; reports then give test.  "The best artifact" for an
+objective is the best within budget; points over budget stay on the front and are marked.
+
+A comparison puts that artifact beside the best *peer* within the same budget (a peer that loses
+more than the budget is no alternative a user would deploy either); when no peer is within budget
+the best peer over it is shown and the line says so.  The ratio reads "how many times better than
+the peer", >1 when petra-hw wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from petra_hw.references import CONTROL
+from petra_hw.search.objectives import Objectives
+from petra_hw.search.types import Evaluation
+
+DEFAULT_QUALITY_BUDGET = 0.01  # relative to the Original's val metric
+# Objectives a user picks a deployment by, with whether higher is better.
+BEST_BY: dict[str, bool] = {"latency_ms": False, "size_bytes": False, "throughput_ips": True}
+ALIASES = {"latency": "latency_ms", "size": "size_bytes", "throughput": "throughput_ips"}
+# A training control better than the Original by more than this many points (1% of 1.0) on test
+# means the baseline is under-trained (metrics in [0, 1]; larger metrics: 1% of the Original's).
+UNDERTRAINED_POINTS = 0.01
+
+
+def quality_budget(max_quality_drop: float | None) -> float:
+    return DEFAULT_QUALITY_BUDGET if max_quality_drop is None else float(max_quality_drop)
+
+
+def objective_name(text: str) -> str:
+    """``latency`` / ``latency_ms`` ... -> the objective's name (ValueError when unknown)."""
+    name = ALIASES.get(text, text)
+    if name not in BEST_BY:
+        raise ValueError(f"choose one of {', '.join(ALIASES)}")
+    return name
+
+
+def within_budget(ev: Evaluation, objectives: Objectives, budget: float) -> bool:
+    drop = objectives.quality_drop(ev)
+    return ev.ok and math.isfinite(drop) and drop <= budget + 1e-12
+
+
+def _best(pool: Iterable[Evaluation], name: str) -> Evaluation | None:
+    """The evaluation with the best finite ``name`` (None for an empty pool)."""
+    pool = [e for e in pool if math.isfinite(e.objectives.get(name, math.nan))]
+    sign = -1.0 if BEST_BY[name] else 1.0
+    return min(pool, key=lambda e: sign * e.objectives[name], default=None)
+
+
+def best_within(
+    evaluations: Iterable[Evaluation], name: str, objectives: Objectives, budget: float
+) -> Evaluation | None:
+    """The evaluation with the best ``name`` among those within budget (None when none is)."""
+    return _best((e for e in evaluations if within_budget(e, objectives, budget)), name)
+
+
+def peers(references: Iterable[Evaluation]) -> list[Evaluation]:
+    """The one-shot recipes among the references (the training control is not a peer)."""
+    return [r for r in references if r.candidate.reference != CONTROL]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One objective: the run's best artifact within budget against the best peer."""
+
+    objective: str
+    best: Evaluation | None
+    peer: Evaluation | None
+    peer_within_budget: bool
+
+    @property
+    def ratio(self) -> float | None:
+        """How many times better the run's artifact is (>1: petra-hw wins)."""
+        if self.best is None or self.peer is None:
+            return None
+        mine, theirs = self.best.objectives[self.objective], self.peer.objectives[self.objective]
+        if mine <= 0 or theirs <= 0:
+            return None
+        return mine / theirs if BEST_BY[self.objective] else theirs / mine
+
+    def line(self) -> str:
+        label = {"latency_ms": "latency", "size_bytes": "size", "throughput_ips": "throughput"}
+        head = label[self.objective]
+        if self.best is None:
+            return f"{head}: no artifact within the quality budget"
+        mine = _fmt(self.objective, self.best.objectives[self.objective])
+        if self.peer is None:
+            return f"{head} {mine} ({self.best.candidate.pipeline}): no peer measured"
+        theirs = _fmt(self.objective, self.peer.objectives[self.objective])
+        over = "" if self.peer_within_budget else ", over budget"
+        ratio = self.ratio
+        times = "-" if ratio is None else f"{ratio:.2f}x"
+        return (
+            f"{head} {mine} vs {theirs} ({self.peer.candidate.reference}{over}): {times}"
+            f" [{self.best.candidate.pipeline}]"
+        )
+
+
+def _fmt(name: str, value: float) -> str:
+    if name == "latency_ms":
+        return f"{value:.3f} ms"
+    if name == "size_bytes":
+        return f"{value / 1e6:.3f} MB"
+    return f"{value:.0f} ips"
+
+
+def compare(
+    front: Sequence[Evaluation],
+    references: Sequence[Evaluation],
+    objectives: Objectives,
+    budget: float,
+    names: Iterable[str] = tuple(BEST_BY),
+) -> list[Comparison]:
+    """One comparison per objective: best front point within budget vs the best peer."""
+    ok_peers = [p for p in peers(references) if p.ok]
+    out = []
+    for name in names:
+        peer = best_within(ok_peers, name, objectives, budget)
+        within = peer is not None
+        if peer is None:  # no peer keeps the quality: show the best one anyway, marked
+            peer = _best(ok_peers, name)
+        out.append(Comparison(name, best_within(front, name, objectives, budget), peer, within))
+    return out
+
+
+def undertrained(
+    original: Evaluation, references: Iterable[Evaluation], higher: bool
+) -> str | None:
+    """A warning when the training control beats the Original by more than
+    ``UNDERTRAINED_POINTS`` on test: then a pipeline's gain may be training the Original lacked."""
+    control = next((r for r in references if r.candidate.reference == CONTROL and r.ok), None)
+    q0, q1 = original.quality.get("test"), None if control is None else control.quality.get("test")
+    if q0 is None or q1 is None or not (math.isfinite(q0) and math.isfinite(q1)):
+        return None
+    gain = (q1 - q0) if higher else (q0 - q1)
+    if gain <= UNDERTRAINED_POINTS * max(1.0, abs(q0)):
+        return None
+    return (
+        f"the Original looks under-trained: {control.candidate.pipeline} scores {q1:.4f} on test "
+        f"against its {q0:.4f}; gains of pipelines with a training step may be training alone"
+    )
