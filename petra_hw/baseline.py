@@ -96,7 +96,8 @@ def get_baseline(suite: Suite, seed: int = 0, data_dir: Path | None = None) -> B
         default_loss=suite.default_loss,
         seed=seed,
         monitor=splits.calib,
-        patience=max(3, cfg.epochs // 3),
+        patience=cfg.early_stop_patience(),
+        augment=cfg.augment,
     )
 
     def model_predict(x: torch.Tensor) -> np.ndarray:

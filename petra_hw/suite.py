@@ -86,15 +86,30 @@ ModelLoss = Callable[["torch.nn.Module", "torch.Tensor", "torch.Tensor"], "torch
 Evaluate = Callable[[PredictFn, Splits, str], float]
 
 
+# A random training-time transform of one input batch (e.g. crops and flips for images).
+Augment = Callable[["torch.Tensor", "torch.Generator"], "torch.Tensor"]  # noqa: F821
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the suite's baseline is trained (once, then cached)."""
+    """How the suite's baseline is trained (once, then cached).
+
+    A bundled baseline trains *until more training stops helping*: ``epochs`` is a cap, the
+    cosine schedule spans it, and training stops after ``patience`` epochs without a better calib
+    loss (None: a third of the cap, at least 3).  ``augment`` transforms each training batch of
+    the baseline (candidates' short fine-tunes train without it, as the training control does).
+    """
 
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    patience: int | None = None
+    augment: Augment | None = None
+
+    def early_stop_patience(self) -> int:
+        return self.patience if self.patience is not None else max(3, self.epochs // 3)
 
 
 @dataclass(frozen=True)
@@ -171,12 +186,18 @@ class Suite:
         return torch.zeros((batch, *self.input_shape), dtype=torch.float32)
 
     def code_version(self) -> str:
-        """Hash of the suite file and petra-hw's version: part of the baseline cache key."""
+        """Hash of the suite file, its training recipe and petra-hw's version: part of the
+        baseline cache key, so a suite varied in code (fewer epochs for a test) never shares a
+        cached baseline with the file's own."""
         from petra_hw import __version__
 
         h = hashlib.sha256(__version__.encode())
         if self.source and Path(self.source).exists():
             h.update(Path(self.source).read_bytes())
+        cfg = self.train
+        augment = getattr(cfg.augment, "__qualname__", repr(cfg.augment))
+        recipe = (cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay)
+        h.update(repr((*recipe, cfg.patience, augment)).encode())
         return h.hexdigest()[:12]
 
 

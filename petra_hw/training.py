@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from petra_hw.suite import ModelLoss, Split
+from petra_hw.suite import Augment, ModelLoss, Split
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,14 @@ def train(
     patience: int = 3,
     schedule: str = "cosine",
     epoch_callback: Callable[[int, float], None] | None = None,
+    augment: Augment | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data``.
 
     ``extra_loss(model)`` adds a regularizer (Reg); ``monitor`` is the early-stopping split (a
     slice of train or calib); ``epoch_callback(epoch, monitor_loss)`` may raise ``TrainingError``
-    to cut a hopeless candidate after its first epoch.
+    to cut a hopeless candidate after its first epoch; ``augment(x, generator)`` transforms each
+    training batch (the suite's baseline augmentation; seeded by ``seed`` like the order).
     """
     import time
 
@@ -163,6 +165,8 @@ def train(
             if len(idx) < 2 and len(data) > 1:
                 continue  # BatchNorm cannot train on a batch of one
             x, y = data.x[idx], data.y[idx]
+            if augment is not None:
+                x = augment(x, gen)
             value = batch_loss(loss_fn, model, x, y)
             if extra_loss is not None:
                 value = value + extra_loss(model)

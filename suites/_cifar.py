@@ -63,3 +63,18 @@ def load_cifar10(ctx: DataContext) -> Splits:
         part(x_tr, y_tr, val),
         part(x_te, y_te, test_idx, offset=len(y_tr)),
     )
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The standard CIFAR training augmentation: a random crop of the 4-pixel zero-padded image
+    (one offset per image) and a random horizontal flip, seeded by the training generator."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)

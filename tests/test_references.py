@@ -157,3 +157,17 @@ def test_each_device_class_gets_its_recipes() -> None:
     assert {"ort-quantize-static", "ort-x86", "nncf-default", "nncf-default-f32"} <= cpu
     assert {"tensorrt-fp16", "tensorrt-int8", "ort-cuda-fp16"} <= gpu
     assert CONTROL in cpu and CONTROL in gpu and not cpu & {"tensorrt-fp16"}
+
+
+def test_interleaved_timing_keeps_every_round(run_dir, digits) -> None:
+    from petra_hw.interleaved import measure_interleaved
+    from petra_hw.profiles import load_profile
+
+    profile = load_profile(str(next(run_dir.parent.parent.glob("*.toml"))))
+    refs = _references(run_dir)
+    arts = {n: refs[n].artifact for n in ("ort-x86", CONTROL)}
+    timed = measure_interleaved(arts, profile, digits.splits.test.x.numpy(), (1, 4), rounds=3)
+    for t in timed.values():
+        for b in (1, 4):
+            assert len(t.samples_ms[b]) >= 3 * profile.measurement.min_iters
+            assert t.p50_ms(b) > 0 and len(t.round_p50_ms(b, 3)) == 3

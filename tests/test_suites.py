@@ -89,3 +89,30 @@ def test_baseline_is_trained_once_and_cached(digits) -> None:
     assert score(digits.suite, again.model, again.splits.test) == pytest.approx(
         digits.metrics["test"]
     )
+
+
+def test_cifar_augmentation_crops_and_flips_reproducibly() -> None:
+    import torch
+
+    from suites._cifar import augment
+
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    a = augment(x, torch.Generator().manual_seed(0))
+    b = augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)  # seeded like the training order
+    many = [augment(x, torch.Generator().manual_seed(s)) for s in range(1, 9)]
+    assert any(not torch.equal(m, x) for m in many)  # it does move the image
+    # every output pixel is an input pixel or padding (zero): a crop, not a resample
+    values = set(x.flatten().tolist()) | {0.0}
+    assert all(set(m.flatten().tolist()) <= values for m in many)
+
+
+def test_baseline_key_follows_the_training_recipe() -> None:
+    import dataclasses
+
+    from petra_hw.suite import load_suite
+
+    suite = load_suite("cifar10-resnet20")
+    short = dataclasses.replace(suite, train=dataclasses.replace(suite.train, epochs=4))
+    assert suite.train.augment is not None and suite.train.early_stop_patience() == 8
+    assert short.code_version() != suite.code_version()

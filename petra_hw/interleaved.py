@@ -1,0 +1,77 @@
+"""Interleaved timing of several artifacts in one process: the fair way to compare them here.
+
+On a shared 2-core host batch-1 latency moves ~15% between fresh processes and up to 2x under a
+neighbour's load, so artifacts measured one after the other are compared across different
+machines, in effect.  Here every artifact is loaded once (the same profile, so the same pinned
+thread count, which each runtime is asked back for), then timed round-robin: in each round every
+artifact gets the one harness (``profiler.time_batches``: warm-up, then ``perf_counter_ns`` per
+call) at each batch size, with the starting artifact rotated from round to round.  Noise then hits
+all alike, and every raw sample is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from petra_hw.profiler import exclusive, time_batches
+from petra_hw.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One artifact's raw samples (ms) per batch size over every round, and its summary."""
+
+    label: str
+    samples_ms: dict[int, list[float]]
+
+    def p50_ms(self, batch: int) -> float:
+        return float(np.median(self.samples_ms[batch]))
+
+    def throughput_ips(self, batch: int) -> float:
+        return batch * 1000.0 / self.p50_ms(batch)
+
+    def round_p50_ms(self, batch: int, rounds: int) -> list[float]:
+        """The median of each round (the spread between rounds shows the drift)."""
+        chunks = np.array_split(np.asarray(self.samples_ms[batch]), rounds)
+        return [float(np.median(c)) for c in chunks if len(c)]
+
+
+def tiled(x: np.ndarray, batch: int) -> np.ndarray:
+    """``batch`` real inputs: the first samples of ``x``, repeated when ``x`` is shorter."""
+    reps = -(-batch // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch], dtype=np.float32)
+
+
+def measure_interleaved(
+    artifacts: dict[str, str | Path],
+    profile: Profile,
+    inputs: np.ndarray,
+    batches: tuple[int, ...] = (1, 32),
+    rounds: int = 12,
+) -> dict[str, Timed]:
+    """Round-robin timing of every artifact (label -> folder) on real ``inputs``."""
+    from petra_hw.artifact import read_artifact
+    from petra_hw.backend import get_backend
+
+    runners = {}
+    for label, path in artifacts.items():
+        artifact = read_artifact(path)
+        runners[label] = get_backend(artifact.backend).load(artifact, profile)
+    data = {b: tiled(inputs, b) for b in batches}
+    samples: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batches} for k in runners}
+    labels = list(runners)
+    with exclusive():
+        for r in range(rounds):
+            order = labels[r % len(labels) :] + labels[: r % len(labels)]
+            for label in order:
+                for b in batches:
+                    ns = time_batches(runners[label], data[b], profile.measurement)
+                    samples[label][b].extend(n / 1e6 for n in ns)
+            log.info("interleaved round %d/%d done", r + 1, rounds)
+    return {k: Timed(k, v) for k, v in samples.items()}
