@@ -96,6 +96,10 @@ def test_markdown_table_is_original_plus_front_with_journal_values(paths, tiny) 
         key=lambda e: e.objectives["latency_ms"],
     )
     rows = _table(md)
+    # the references sit right under the Original, in the order they were built
+    names = [f"ref: {e.candidate.reference}" for e in tiny.references]
+    assert names and [r[0] for r in rows[1 : 1 + len(names)]] == names
+    rows = [rows[0], *rows[1 + len(names) :]]
     assert [r[0] for r in rows] == [str(e.candidate.pipeline) for e in [original, *front]]
     for row, ev in zip(rows, [original, *front], strict=True):
         expected = [
