@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from petra_hw.commands.tune import _write_report
     from petra_hw.search.tune import TuneSettings, tune
+    from petra_hw.value import undertrained
 
     setup(args)  # refuses a device this host lacks; trains the baseline once, up front
     settings = TuneSettings(
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
             rows,
         )
     )
+    warning = undertrained(o, result.references, result.objectives.config.higher_is_better)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"run folder: {result.run_dir}")
     _write_report(result.run_dir)
     return 0
