@@ -171,3 +171,9 @@ def test_interleaved_timing_keeps_every_round(run_dir, digits) -> None:
         for b in (1, 4):
             assert len(t.samples_ms[b]) >= 3 * profile.measurement.min_iters
             assert t.p50_ms(b) > 0 and len(t.round_p50_ms(b, 3)) == 3
+
+
+def test_peers_refuses_an_unknown_device_in_one_line(tmp_path, capsys) -> None:
+    assert main(["peers", "--device", "no-such-device", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("petra-hw: error:")
