@@ -106,7 +106,13 @@ def run(args: argparse.Namespace) -> int:
             continue
         precisions = args.precision or [p for p in backend.precisions if p in profile.precisions]
         for precision in precisions:
-            check_supported(backend, profile, precision)
+            try:
+                check_supported(backend, profile, precision)
+            except UserError as exc:
+                if args.precision:
+                    raise
+                errors.print(f"skip {name} {precision}: {exc}")
+                continue
             plan.append((name, precision))
     if not plan:
         raise UserError(f"nothing to measure on device '{profile.name}'")
