@@ -82,3 +82,24 @@ def test_install_check_without_any_onnx_runtime(monkeypatch) -> None:
     from petra_hw.profiles import load_profile
 
     assert ortb.OnnxRuntimeBackend().available(load_profile("cpu")) == problem
+
+
+def test_start_up_check_on_a_gpu_host_names_the_fix(monkeypatch, capsys) -> None:
+    """A host whose NVML reports an A100 but whose ONNX Runtime is the CPU build (this one)."""
+    import onnxruntime as ort
+
+    import petra_hw.profiles as profiles
+    from petra_hw.cli import main
+    from petra_hw.commands.common import runtime_notes
+
+    if ortb.CUDA in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has the CUDA provider")
+    monkeypatch.setattr(profiles, "gpu_names", lambda: ["NVIDIA A100-SXM4-80GB"])
+    (note,) = runtime_notes(profiles.load_profile("nvidia-gpu"))
+    assert note.startswith("onnxruntime: this host has an NVIDIA GPU") and ortb.GPU_FIX in note
+    assert runtime_notes(profiles.load_profile("cpu")) == []  # the CPU build is right for it
+    assert main(["devices"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--device auto = nvidia-gpu" in out
+    assert "note: --device auto picked profile nvidia-gpu" in out and "A100-SXM4-80GB" in out
+    assert "onnxruntime: this host has an NVIDIA GPU" in out and ortb.GPU_FIX in out

@@ -29,7 +29,7 @@ def setup(args: argparse.Namespace):
 
     profile = load_profile(args.device)
     for note in [*check_host(profile), *runtime_notes(profile)]:
-        errors.print(f"note: {note}")
+        errors.print(f"note: {note}", markup=False, soft_wrap=True)  # notes hold [extras]
     suite = load_suite(args.suite)
     with console.status(f"baseline for {suite.name} (trained once, then cached)"):
         baseline = get_baseline(suite, args.seed, args.data_dir)

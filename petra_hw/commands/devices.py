@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         f"this host: CPU {cpu!r}; GPUs: {', '.join(gpus) if gpus else 'none'}; --device auto = {chosen}"
     )
     for note in auto.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     problem = install_problem(bool(gpus))
-    console.print(f"onnxruntime: {problem or _ort_summary()}")
+    console.print(f"onnxruntime: {problem or _ort_summary()}", markup=False, soft_wrap=True)
     return 0
 
 

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if reason:
             if args.backend:
                 raise UserError(f"backend '{name}' is not available here: {reason}")
-            errors.print(f"skip {name}: {reason}")
+            errors.print(f"skip {name}: {reason}", markup=False, soft_wrap=True)
             continue
         precisions = args.precision or [p for p in backend.precisions if p in profile.precisions]
         for precision in precisions:
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             except UserError as exc:
                 if args.precision:
                     raise
-                errors.print(f"skip {name} {precision}: {exc}")
+                errors.print(f"skip {name} {precision}: {exc}", markup=False, soft_wrap=True)
                 continue
             plan.append((name, precision))
     if not plan:
