@@ -132,3 +132,18 @@ def test_results_are_read_from_a_real_profile_run(tmp_path) -> None:
     assert (row["backend"], row["precision"], row["cuda_graphs"]) == ("onnxruntime", "fp32", False)
     assert row["latency_ms"]["p50_ms"] > 0 and row["throughput"][0]["throughput_ips"] > 0
     assert row["energy_j_per_inference"] is None and row["quality_test"] > 0.5
+
+
+@pytest.mark.slow
+def test_tune_summary_is_read_from_a_real_run(tmp_path) -> None:
+    """The tune part of gpu-check.json comes from the run's report, here a one-candidate tune."""
+    fast = ROOT / "tests" / "data" / "cpu-fast.toml"
+    cli = [sys.executable, "-m", "petra_hw.cli", "tune", "--suite", "digits", "--device", str(fast)]
+    cli += ["--evaluations", "1", "--out", str(tmp_path / "runs")]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    gpu_check = _script()
+    summary = gpu_check.tune_summary(gpu_check.Check(gpu_check.parse_args([str(tmp_path)])))
+    assert summary["profile"] == "cpu-fast" and summary["evaluations"] >= 2
+    assert summary["ok"] + len(summary["errors_by_kind"]) >= 1 and summary["front"]
+    assert all(f["backend"] and f["objectives"] for f in summary["front"])
