@@ -56,15 +56,18 @@ def test_dry_run_sets_up_and_plans_every_phase(tmp_path) -> None:
     wheels.mkdir()
     _wheel(wheels, "petra_probe_pkg", "petra_probe_pkg")
     _wheel(wheels, "rich", "rich")  # the host has rich: left packed, the host's one is used
-    out = tmp_path / "out"
-    done = _run(str(out), "--dry-run", "--wheels", str(wheels))
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = _run(str(out), "--dry-run", "--wheels", str(wheels), "--work", str(work))
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "gpu-check.json").read_text())
     assert result["schema"] == "petra-hw gpu-check 1" and result["mode"] == "dry-run"
     assert result["environment"]["wheels"]["unpacked"] == ["petra_probe_pkg-1.0-py3-none-any.whl"]
     assert result["environment"]["wheels"]["host_has"] == ["rich-1.0-py3-none-any.whl"]
-    assert not (out / "site" / "rich").exists()
-    env = {**os.environ, "PYTHONPATH": str(out / "site")}
+    assert (
+        result["environment"]["work"] == str(work.resolve())
+        and not (work / "site" / "rich").exists()
+    )
+    env = {**os.environ, "PYTHONPATH": str(work / "site")}
     check = [sys.executable, "-c", "import petra_probe_pkg; print(petra_probe_pkg.VALUE)"]
     assert subprocess.run(check, env=env, capture_output=True, text=True).stdout.strip() == "42"
     versions = result["versions"]
@@ -88,7 +91,7 @@ def test_dry_run_sets_up_and_plans_every_phase(tmp_path) -> None:
 
 @no_gpu
 def test_without_a_gpu_it_writes_the_json_and_exits_cleanly(tmp_path) -> None:
-    done = _run(str(tmp_path / "out"))
+    done = _run(str(tmp_path / "out"), "--work", str(tmp_path / "work"))
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     assert result["mode"] == "no-gpu" and result["phases"] == {} and result["backends"] == []
@@ -127,7 +130,7 @@ def test_results_are_read_from_a_real_profile_run(tmp_path) -> None:
     done = subprocess.run(cli, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     gpu_check = _script()
-    check = gpu_check.Check(gpu_check.parse_args([str(tmp_path)]))
+    check = gpu_check.Check(gpu_check.parse_args([str(tmp_path), "--work", str(tmp_path)]))
     (row,) = gpu_check.backend_rows(check)
     assert (row["backend"], row["precision"], row["cuda_graphs"]) == ("onnxruntime", "fp32", False)
     assert row["latency_ms"]["p50_ms"] > 0 and row["throughput"][0]["throughput_ips"] > 0
@@ -143,7 +146,10 @@ def test_tune_summary_is_read_from_a_real_run(tmp_path) -> None:
     done = subprocess.run(cli, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     gpu_check = _script()
-    summary = gpu_check.tune_summary(gpu_check.Check(gpu_check.parse_args([str(tmp_path)])))
+    args = gpu_check.parse_args([str(tmp_path / "out"), "--work", str(tmp_path)])
+    (tmp_path / "out").mkdir()
+    summary = gpu_check.tune_summary(gpu_check.Check(args))
+    assert (tmp_path / "out" / "tune-report.json").is_file()
     assert summary["profile"] == "cpu-fast" and summary["evaluations"] >= 2
     assert summary["ok"] + len(summary["errors_by_kind"]) >= 1 and summary["front"]
     assert all(f["backend"] and f["objectives"] for f in summary["front"])
