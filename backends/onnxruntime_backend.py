@@ -1,16 +1,21 @@
 """onnxruntime backend: an ONNX export run by ONNX Runtime, at FP32, INT8 or (GPU) FP16.
 
 CPU execution provider with the profile's thread count; on GPU profiles the CUDA execution
-provider, with a hard error if ONNX Runtime silently falls back to CPU (``onnxruntime-gpu`` imports
-fine without a GPU and then runs everything on the CPU).  INT8 is static QDQ (PTQ), dynamic (PDQ)
-or the QAT model's own QDQ (see ``backends.ort_quantize``).  On CPU the artifact holds ORT's
-optimized graph, so what is shipped, counted and measured is what runs.
+provider alone, with ``session.disable_cpu_ep_fallback=1`` so that a session in which any node
+would run on the CPU provider is refused at creation (``onnxruntime-gpu`` imports fine without a
+GPU and would otherwise run everything, or single unsupported nodes, on the CPU), and the recorded
+node assignment checked once more after creation.  INT8 is static QDQ (PTQ), dynamic (PDQ) or the
+QAT model's own QDQ (see ``backends.ort_quantize``), on the CPU provider only: the CUDA provider has
+no INT8 convolution kernels (``refusal``).  On CPU the artifact holds ORT's optimized graph, so what
+is shipped, counted and measured is what runs.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections import Counter
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,12 @@ from petra_hw.onnx_export import export_onnx
 from petra_hw.profiles import Profile
 
 MODEL_FILE = "model.onnx"
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+# Session config keys (onnxruntime_session_options_config_keys.h).
+NO_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
+RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
+CPU_FIX = 'pip install -e ".[cpu]"'
+GPU_FIX = 'pip uninstall -y onnxruntime onnxruntime-gpu && pip install -e ".[gpu]"'
 
 
 class OrtRunner:
@@ -37,11 +48,55 @@ class OrtRunner:
 
 
 def providers_for(profile: Profile | None) -> list[str]:
-    return (
-        ["CUDAExecutionProvider"]
-        if profile is not None and profile.is_gpu
-        else ["CPUExecutionProvider"]
+    """The CUDA provider alone on GPU profiles: listing the CPU provider as well would contradict
+    ``session.disable_cpu_ep_fallback`` (ONNX Runtime refuses that combination)."""
+    return [CUDA] if profile is not None and profile.is_gpu else [CPU]
+
+
+def refusal(precision: str, mode: str, profile: Profile | None) -> str | None:
+    """Why ONNX Runtime does not compile ``precision`` (int8 ``mode``) for ``profile``; None if it
+    does.  The CUDA provider has no INT8 convolution/GEMM kernels: a Q/DQ model runs float kernels
+    plus the Q/DQ work, slower than fp16 and not INT8 at all, so INT8 on NVIDIA GPUs is left to
+    TensorRT (or ONNX Runtime's TensorRT provider)."""
+    if profile is not None and profile.is_gpu and precision == "int8":
+        kind = f"int8 {mode}" if mode else "int8"
+        return (
+            f"onnxruntime does not compile {kind} for GPU profiles: the CUDA execution provider "
+            "has no INT8 kernels (a Q/DQ model would run float kernels plus Q/DQ work); INT8 on "
+            "NVIDIA GPUs is compiled by the tensorrt backend"
+        )
+    return None
+
+
+def install_problem(gpu_host: bool) -> str | None:
+    """What is wrong with this host's ONNX Runtime install, naming the fix; None when nothing is.
+
+    ``onnxruntime`` and ``onnxruntime-gpu`` write the same ``onnxruntime`` package, so with both
+    installed whichever came last wins and the CUDA provider may be missing on a GPU host."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return (
+            f"no ONNX Runtime is installed ({exc}): {CPU_FIX} on a CPU host, "
+            'pip install -e ".[gpu]" on an NVIDIA GPU host'
+        )
+    if not gpu_host or CUDA in ort.get_available_providers():
+        return None
+    dists = [d for d in ("onnxruntime", "onnxruntime-gpu") if _installed(d)]
+    why = (
+        "both onnxruntime and onnxruntime-gpu are installed and overwrite each other"
+        if len(dists) == 2
+        else f"the installed ONNX Runtime ({', '.join(dists) or 'unknown build'}) has no {CUDA}"
     )
+    return f"this host has an NVIDIA GPU but {why}; fix: {GPU_FIX}"
+
+
+def _installed(dist: str) -> bool:
+    try:
+        metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def session_options(profile: Profile | None):
@@ -53,20 +108,49 @@ def session_options(profile: Profile | None):
     threads = profile.effective_threads() if profile is not None else 0
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry(RECORD_ASSIGNMENT, "1")
+    if profile is not None and profile.is_gpu:
+        opts.add_session_config_entry(NO_CPU_FALLBACK, "1")
     return opts
 
 
+def assignment(session) -> dict[str, int]:
+    """Nodes per execution provider, as ONNX Runtime recorded the partition of this session."""
+    counts: Counter[str] = Counter()
+    for subgraph in session.get_provider_graph_assignment_info():
+        counts[subgraph.ep_name] += len(subgraph.get_nodes())
+    return dict(counts)
+
+
+def check_assignment(session, wanted: str) -> dict[str, int]:
+    """Refuse a session in which any node runs on another provider than ``wanted``."""
+    placed = assignment(session)
+    others = {ep: n for ep, n in placed.items() if ep != wanted}
+    if others or not placed:
+        where = ", ".join(f"{n} on {ep}" for ep, n in sorted(others.items())) or "no nodes"
+        raise RuntimeError(f"ONNX Runtime placed nodes off {wanted}: {where}")
+    return placed
+
+
 def make_session(path: str, profile: Profile | None):
-    """Create a session and refuse a silent fall-back from the CUDA provider to the CPU."""
+    """Create a session whose every node runs on the profile's provider (no silent CPU fall-back:
+    on GPU profiles ONNX Runtime itself refuses one, and the recorded assignment is checked)."""
     import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
     wanted = providers_for(profile)
-    session = ort.InferenceSession(path, sess_options=session_options(profile), providers=wanted)
-    if session.get_providers()[0] != wanted[0]:
-        raise RuntimeError(
-            f"ONNX Runtime fell back to {session.get_providers()[0]} instead of {wanted[0]} "
-            f"(available: {', '.join(ort.get_available_providers())})"
+    try:
+        session = ort.InferenceSession(
+            path, sess_options=session_options(profile), providers=wanted
         )
+    except Fail as exc:
+        if wanted[0] == CPU:
+            raise
+        raise RuntimeError(
+            f"ONNX Runtime would run part of this model on the CPU instead of {wanted[0]} "
+            f"(available: {', '.join(ort.get_available_providers())}): {exc}"
+        ) from None
+    check_assignment(session, wanted[0])
     return session
 
 
@@ -98,19 +182,23 @@ class OnnxRuntimeBackend:
     precisions = ("fp32", "int8", "fp16")
 
     def available(self, profile: Profile) -> str | None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            return "onnxruntime is not installed"
+        from petra_hw.profiles import gpu_names
+
+        problem = install_problem(profile.is_gpu and bool(gpu_names()))
+        if problem:
+            return problem
+        import onnxruntime as ort
+
         wanted = providers_for(profile)[0]
         if wanted not in ort.get_available_providers():
-            return f"ONNX Runtime has no {wanted} (install onnxruntime-gpu on a GPU host)"
-        if profile.is_gpu:
-            from petra_hw.profiles import gpu_names
-
-            if not gpu_names():
-                return "CUDAExecutionProvider is installed but no NVIDIA GPU is present"
+            return f"ONNX Runtime has no {wanted} (no NVIDIA GPU here, or fix: {GPU_FIX})"
+        if profile.is_gpu and not gpu_names():
+            return f"{CUDA} is installed but no NVIDIA GPU is present"
         return None
+
+    def refuses(self, precision: str, profile: Profile, mode: str = "") -> str | None:
+        """Why this backend does not compile ``precision`` for ``profile`` (see ``refusal``)."""
+        return refusal(precision, mode, profile)
 
     def compile(self, model: nn.Module, request: CompileRequest) -> Artifact:
         import onnxruntime as ort
@@ -119,6 +207,10 @@ class OnnxRuntimeBackend:
 
         if request.precision not in self.precisions:
             raise ValueError(f"onnxruntime cannot compile {request.precision}")
+        mode = str(request.option("int8_mode", "static") or "static")
+        reason = refusal(request.precision, mode, request.profile)
+        if reason:
+            raise ValueError(reason)
         request.out_dir.mkdir(parents=True, exist_ok=True)
         target = request.out_dir / MODEL_FILE
         with tempfile.TemporaryDirectory(prefix="petra-ort-") as tmp:

@@ -14,9 +14,12 @@ and tests everything up to ``import tensorrt`` everywhere.
 - **Dynamic batch**: two optimization profiles, batch 1 (tuned for latency) and 2..max batch
   (tuned at the profile's largest batch, for throughput); the runner keeps one execution context
   per profile and splits larger batches.
-- **Timing cache**: loaded before and saved after each build (``timing.cache`` next to the engine,
-  or the ``timing_cache`` option, a path that several builds may share), so rebuilds reuse tactic
-  timings.  It is not part of the deployable files.
+- **Timing cache**: one per GPU model, compute capability and TensorRT version, shared by every
+  build of a run and across runs (``$PETRA_HW_CACHE/tensorrt/``, or the ``timing_cache`` option),
+  loaded before and saved after each build so rebuilds reuse tactic timings.  It lives outside the
+  artifact folder (which is emptied before each compile) and is not part of the deployable files.
+- **FP32 means FP32**: TensorRT lets float32 convolutions and GEMMs use TF32 by default; the flag is
+  cleared for fp32 engines, so an fp32 engine is compared with the FP32 model on equal terms.
 - **Portability**: an engine runs only on the GPU model and TensorRT version that built it.  The
   manifest records both and the compute capability; ``load`` refuses any other.
 """
@@ -27,6 +30,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -45,7 +49,6 @@ from petra_hw.profiles import Profile
 log = logging.getLogger(__name__)
 
 ENGINE_FILE = "model.engine"
-TIMING_CACHE = "timing.cache"
 WORKSPACE_BYTES = 4 << 30
 # ONNX Runtime's QDQ quantizer, the way TensorRT wants the graph (see its qdq_quantizer.py notes):
 # signed symmetric ranges, float biases, a Q/DQ pair per weight and per consumer, and no Q/DQ on
@@ -115,6 +118,18 @@ def symmetric_ptq(src: Path, dst: Path, request: CompileRequest) -> dict[str, ob
     }
 
 
+def _integer_op(node) -> bool:
+    """An operator of ONNX Runtime's quantized formats (QOperator, dynamic, contrib), none of
+    which TensorRT parses: it wants float operators between Quantize/DequantizeLinear pairs."""
+    t = node.op_type
+    return (
+        t.startswith("QLinear")
+        or t.endswith("Integer")
+        or t == "DynamicQuantizeLinear"
+        or node.domain == "com.microsoft"
+    )
+
+
 def check_signed_qdq(path: Path) -> dict[str, object]:
     """Refuse a graph TensorRT would reject: every Q/DQ needs an explicit INT8 zero point of 0."""
     import onnx
@@ -128,6 +143,9 @@ def check_signed_qdq(path: Path) -> dict[str, object]:
     ops = Counter(n.op_type for n in graph.node)
     if not ops["QuantizeLinear"] or not ops["DequantizeLinear"]:
         raise ValueError(f"{INT8_HELP}; this model has no Q/DQ nodes")
+    integer = sorted({n.op_type for n in graph.node if _integer_op(n)})
+    if integer:
+        raise ValueError(f"{INT8_HELP}; this model has integer operators {', '.join(integer)}")
     for n in graph.node:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
@@ -209,6 +227,18 @@ def check_portable(where: object, built: dict, here: dict[str, str]) -> None:
         )
 
 
+def timing_cache_path(request: CompileRequest, host: dict[str, str]) -> Path:
+    """The ``timing_cache`` option, else the cache shared by every build for this GPU model,
+    compute capability and TensorRT version (a cache from another one would not fit)."""
+    from petra_hw.baseline import cache_dir
+
+    explicit = request.option("timing_cache")
+    if explicit:
+        return Path(str(explicit))
+    key = f"{host['gpu']}-cc{host['compute_capability']}-trt{host['version']}"
+    return cache_dir() / "tensorrt" / f"{re.sub(r'[^A-Za-z0-9.]+', '-', key).strip('-')}.cache"
+
+
 def _write_atomic(path: Path, data) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # builds may share the timing cache
     with open(tmp, "wb") as f:
@@ -236,7 +266,11 @@ def build_engine(onnx_path: Path, request: CompileRequest) -> dict[str, object]:
         p = builder.create_optimization_profile()
         p.set_shape(spec.name, spec.sample_shape(lo), spec.sample_shape(opt), spec.sample_shape(hi))
         config.add_optimization_profile(p)
-    cache_path = Path(str(request.option("timing_cache") or request.out_dir / TIMING_CACHE))
+    if request.precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+    host = host_info(trt)
+    cache_path = timing_cache_path(request, host)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     if cache is None or not config.set_timing_cache(cache, False):
         log.warning(
@@ -249,8 +283,9 @@ def build_engine(onnx_path: Path, request: CompileRequest) -> dict[str, object]:
     _write_atomic(request.out_dir / ENGINE_FILE, engine)
     _write_atomic(cache_path, config.get_timing_cache().serialize())
     return {
-        **host_info(trt),
+        **host,
         "strongly_typed": True,
+        "tf32": config.get_flag(trt.BuilderFlag.TF32),
         "optimization_profiles": [list(p) for p in profiles],
         "workspace_bytes": workspace,
         "timing_cache": str(cache_path),

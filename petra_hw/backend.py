@@ -114,6 +114,10 @@ def check_supported(backend: Backend, profile: Profile, precision: str) -> None:
             f"backend '{backend.name}' cannot compile {precision} "
             f"(it compiles {', '.join(backend.precisions)})"
         )
+    refuses = getattr(backend, "refuses", None)  # a backend's own rule (e.g. no INT8 on ORT CUDA)
+    refused = refuses(precision, profile) if refuses is not None else None
+    if refused:
+        raise UserError(refused)
     reason = backend.available(profile)
     if reason:
         raise UserError(f"backend '{backend.name}' is not available here: {reason}")

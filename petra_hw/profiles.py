@@ -7,6 +7,7 @@ profile of highest priority: GPUs are recognised by NVML name, CPUs by /proc/cpu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -176,16 +177,23 @@ def matches(profile: Profile, cpu: str, gpus: list[str], arch: str) -> bool:
 
 
 def detect_profile() -> Profile:
+    """The matching profile of highest priority; a GPU pick carries a note naming the GPU and the
+    profile (the generic ``nvidia-gpu`` one when no profile names this GPU)."""
     cpu, gpus, arch = cpu_model(), gpu_names(), platform.machine()
     found = [p for p in map(load_profile, profile_names()) if matches(p, cpu, gpus, arch)]
     if not found:
         raise UserError(f"no profile matches this machine (CPU {cpu!r}, GPUs {gpus or 'none'})")
-    return max(found, key=lambda p: p.match.priority)
+    best = max(found, key=lambda p: p.match.priority)
+    if not best.is_gpu:
+        return best
+    gpu = next(g for g in gpus if re.search(best.match.gpu_name, g, re.I))
+    note = f"--device auto picked profile {best.name} ({best.description}) for GPU {gpu!r}"
+    return dataclasses.replace(best, notes=(*best.notes, note))
 
 
 def check_host(profile: Profile) -> list[str]:
     """Refuse a GPU profile on a host without that GPU; note fewer cores than expected."""
-    notes: list[str] = []
+    notes: list[str] = list(profile.notes)
     if profile.is_gpu:
         gpus = gpu_names()
         if not matches(profile, cpu_model(), gpus, platform.machine()):

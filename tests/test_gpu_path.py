@@ -1,9 +1,13 @@
 """The GPU path: everything up to the GPU boundary runs here; ``gpu`` tests need an NVIDIA GPU.
 
 Without a GPU: the signed INT8 Q/DQ graphs TensorRT parses (from QAT and from PTQ), the FP16 graph,
-optimization profiles and engine portability checks; GPU profiles refused (check_host, CLI); NVML
-absence handled; every GPU backend saying why it is unavailable.  With one (``-m gpu``): torch CUDA
-FP32/FP16 and CUDA graphs against the CPU, NVML energy during a measurement, a TensorRT engine.
+optimization profiles, the timing cache's place and engine portability checks; ONNX Runtime's
+CUDA session settings and its refusals (CPU fall-back, INT8 on the CUDA provider); GPU profiles
+refused (check_host, CLI) and chosen by NVML name; NVML absence handled; every GPU backend saying
+why it is unavailable.  With one (``-m gpu``): torch CUDA FP32/FP16 and CUDA graphs against the CPU,
+NVML energy during a measurement, ONNX Runtime CUDA (``ort_cuda``), TensorRT FP32/FP16/INT8 engines
+(``tensorrt``).  Where the host's GPU profile lists TensorRT or ONNX Runtime and its GPU build is
+missing, those tests fail rather than skip: deselect them explicitly (``-m "gpu and not tensorrt"``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import copy
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,15 +24,23 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from backends import onnxruntime_backend as ortb
 from backends import tensorrt_backend as trt_backend
 from backends.onnxruntime_backend import OnnxRuntimeBackend
 from backends.torch_backend import TorchBackend
 from petra_hw.artifact import InputSpec, read_artifact
-from petra_hw.backend import CompileRequest, check_supported, get_backend
+from petra_hw.backend import CompileRequest, check_supported, choose_backend, get_backend
 from petra_hw.errors import ArtifactError, UserError
 from petra_hw.nvml import NvmlSampler, trapezoid_j
 from petra_hw.pipeline import Pipeline
-from petra_hw.profiles import MeasureSettings, check_host, gpu_names, load_profile, matches
+from petra_hw.profiles import (
+    MeasureSettings,
+    check_host,
+    detect_profile,
+    gpu_names,
+    load_profile,
+    matches,
+)
 from petra_hw.steps.base import StepContext
 from petra_hw.suite import Split, Splits
 
@@ -81,16 +94,27 @@ def _qdq(path) -> tuple[list, dict]:
 
 
 def _check_trt_int8_graph(path, model, x: torch.Tensor) -> None:
-    """What TensorRT needs: only Quantize/DequantizeLinear, INT8 zero points of 0, a dynamic
-    batch axis; and the graph runs in ONNX Runtime (CPU) close to ``model``."""
+    """What TensorRT needs: quantization by Quantize/DequantizeLinear only (no integer operators of
+    ONNX Runtime's other formats anywhere in the graph), INT8 zero points of 0, a dynamic batch
+    axis; and the graph runs in ONNX Runtime (CPU) close to ``model``."""
     import onnxruntime as ort
 
     nodes, consts = _qdq(path)
-    assert nodes and {n.op_type for n in nodes} == {"QuantizeLinear", "DequantizeLinear"}
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    integer = [
+        n.op_type
+        for n in graph.node
+        if n.op_type.startswith("QLinear")
+        or n.op_type.endswith("Integer")
+        or n.op_type == "DynamicQuantizeLinear"
+        or n.domain not in ("", "ai.onnx")
+    ]
+    assert not integer, integer
     for n in nodes:
         zp = consts[n.input[2]]
         assert zp.dtype == np.int8 and not zp.any(), n.name
-    graph = onnx.load(str(path)).graph
     for value in (*graph.input, *graph.output):
         dim0 = value.type.tensor_type.shape.dim[0]
         assert dim0.dim_param and not dim0.HasField("dim_value"), value.name
@@ -151,6 +175,45 @@ def test_uint8_qdq_is_refused(digits, qat_model, tmp_path) -> None:
         trt_backend.check_signed_qdq(unsigned)
 
 
+def test_integer_operators_are_refused(tmp_path) -> None:
+    """A graph with Q/DQ pairs but also ONNX Runtime's dynamic-quantization operators."""
+    from onnx import TensorProto, helper
+
+    zp = helper.make_tensor("zp", TensorProto.INT8, [], [0])
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="dq"),
+        helper.make_node("DynamicQuantizeLinear", ["dq"], ["y", "ys", "yzp"], name="dyn"),
+    ]
+    float_in = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    outs = [
+        helper.make_tensor_value_info("y", TensorProto.UINT8, [None, 4]),
+        helper.make_tensor_value_info("ys", TensorProto.FLOAT, []),
+        helper.make_tensor_value_info("yzp", TensorProto.UINT8, []),
+    ]
+    graph = helper.make_graph(nodes, "g", [float_in], outs, initializer=[zp, scale])
+    path = tmp_path / "mixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(ValueError, match="integer operators DynamicQuantizeLinear"):
+        trt_backend.check_signed_qdq(path)
+
+
+def test_timing_cache_is_shared_outside_the_artifact(digits, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PETRA_HW_CACHE", str(tmp_path / "cache"))
+    host = {"version": "10.13.0", "gpu": "NVIDIA H200", "compute_capability": "9.0"}
+    request = _request(digits, tmp_path, "fp16")
+    path = trt_backend.timing_cache_path(request, host)
+    assert path == tmp_path / "cache" / "tensorrt" / "NVIDIA-H200-cc9.0-trt10.13.0.cache"
+    assert request.out_dir not in path.parents
+    other = trt_backend.timing_cache_path(_request(digits, tmp_path, "int8"), host)
+    assert other == path  # every build on this GPU and TensorRT version shares it
+    moved = trt_backend.timing_cache_path(request, {**host, "version": "10.14.1"})
+    assert moved != path
+    given = _request(digits, tmp_path, "fp16", timing_cache=str(tmp_path / "run" / "t.cache"))
+    assert trt_backend.timing_cache_path(given, host) == tmp_path / "run" / "t.cache"
+
+
 def test_fp16_graph_keeps_float32_io(digits, tmp_path) -> None:
     path = tmp_path / "fp16.onnx"
     trt_backend.prepare_onnx(digits.model, _request(digits, tmp_path, "fp16"), path)
@@ -177,9 +240,68 @@ def test_engine_portability_check_names_what_differs() -> None:
         trt_backend.check_portable("a", {**here, "version": "10.2.0"}, here)
 
 
+# -- ONNX Runtime's CUDA settings and refusals, without a GPU -------------------------------------
+def test_ort_gpu_sessions_refuse_cpu_fallback(cpu_profile) -> None:
+    gpu = load_profile("h200")
+    assert ortb.providers_for(gpu) == [ortb.CUDA]  # CPU listed too would contradict the option
+    opts = ortb.session_options(gpu)
+    assert opts.get_session_config_entry(ortb.NO_CPU_FALLBACK) == "1"
+    assert opts.get_session_config_entry(ortb.RECORD_ASSIGNMENT) == "1"
+    assert ortb.providers_for(cpu_profile) == [ortb.CPU]
+    cpu_opts = ortb.session_options(cpu_profile)
+    assert cpu_opts.get_session_config_entry(ortb.RECORD_ASSIGNMENT) == "1"
+    with pytest.raises(RuntimeError):  # the CPU provider may run everything on a CPU profile
+        cpu_opts.get_session_config_entry(ortb.NO_CPU_FALLBACK)
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(digits, tmp_path_factory) -> Path:
+    from petra_hw.onnx_export import export_onnx
+
+    spec = InputSpec("input", (None, *digits.suite.input_shape))
+    return export_onnx(digits.model, spec, tmp_path_factory.mktemp("ort") / "m.onnx")
+
+
+def test_ort_node_assignment_is_checked_node_by_node(fp32_onnx, cpu_profile) -> None:
+    session = ortb.make_session(str(fp32_onnx), cpu_profile)
+    placed = ortb.check_assignment(session, ortb.CPU)
+    assert set(placed) == {ortb.CPU} and placed[ortb.CPU] >= 3
+    with pytest.raises(RuntimeError, match=r"placed nodes off CUDAExecutionProvider: \d+ on CPU"):
+        ortb.check_assignment(session, ortb.CUDA)
+
+
+def test_ort_gpu_session_without_cuda_provider_is_refused(fp32_onnx) -> None:
+    import onnxruntime as ort
+
+    if ortb.CUDA in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has the CUDA provider")
+    with pytest.raises(RuntimeError, match="would run part of this model on the CPU"):
+        ortb.make_session(str(fp32_onnx), load_profile("h200"))
+
+
+def test_ort_int8_is_refused_on_gpu_profiles(digits, cpu_profile, tmp_path) -> None:
+    gpu = load_profile("nvidia-gpu")
+    for mode in ("static", "dynamic", "qat"):
+        reason = ortb.refusal("int8", mode, gpu)
+        assert reason and "no INT8 kernels" in reason and "tensorrt" in reason
+    assert ortb.refusal("fp16", "", gpu) is None and ortb.refusal("fp32", "", gpu) is None
+    assert ortb.refusal("int8", "static", cpu_profile) is None
+    with pytest.raises(UserError, match="no INT8 kernels"):
+        check_supported(OnnxRuntimeBackend(), gpu, "int8")
+    with pytest.raises(ValueError, match="no INT8 kernels"):  # before any work is done
+        OnnxRuntimeBackend().compile(digits.model, _request(digits, tmp_path, "int8", "h200"))
+    assert not (tmp_path / "int8-h200").exists()
+
+
+@no_gpu
+def test_no_backend_for_int8_on_a_gpu_without_tensorrt() -> None:
+    with pytest.raises(UserError, match="tensorrt.*not available.*no INT8 kernels"):
+        choose_backend(load_profile("h100"), "int8", mode="static")
+
+
 # -- refusals on a host without a GPU -------------------------------------------------------------
 @no_gpu
-@pytest.mark.parametrize("name", ["rtx6000ada", "h100"])
+@pytest.mark.parametrize("name", ["rtx6000ada", "h100", "h200", "nvidia-gpu"])
 def test_gpu_profiles_refused_here(name) -> None:
     with pytest.raises(UserError, match=f"device '{name}' needs a GPU matching .*no NVIDIA GPU"):
         check_host(load_profile(name))
@@ -226,13 +348,17 @@ def test_nvml_absence_gives_no_energy_and_no_error(cpu_profile) -> None:
     assert m.energy_j is None and m.gpu == {}
 
 
-@pytest.mark.skipif(torch.cuda.is_initialized(), reason="CUDA in use: the UUID wins")
 @pytest.mark.parametrize("visible, want", [("", 0), ("2,3", 2), ("GPU-1a2b", "GPU-1a2b")])
 def test_measured_gpu_follows_cuda_visible_devices(monkeypatch, visible, want) -> None:
+    """Before CUDA is initialised the environment decides; after (earlier GPU tests in this
+    process), torch's current device's UUID does.  Decided when the test runs, not at collection."""
     from petra_hw.nvml import measured_gpu
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    assert measured_gpu() == want
+    if torch.cuda.is_initialized():
+        assert str(measured_gpu()).startswith("GPU-")
+    else:
+        assert measured_gpu() == want
 
 
 def test_energy_integral_of_power_samples() -> None:
@@ -275,27 +401,91 @@ def test_torch_fp16_artifact_stores_half_weights(digits, tmp_path) -> None:
         ("NVIDIA H100 80GB HBM3", "h100"),
         ("NVIDIA H100 PCIe", "h100"),
         ("NVIDIA H100 NVL", "h100"),
-        ("Quadro RTX 6000", None),  # Turing, not Ada
-        ("NVIDIA H200", None),
-        ("NVIDIA A100-SXM4-80GB", None),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA H200 NVL", "h200"),
+        ("Quadro RTX 6000", "nvidia-gpu"),  # Turing, not Ada
+        ("NVIDIA A100-SXM4-80GB", "nvidia-gpu"),
+        ("NVIDIA L4", "nvidia-gpu"),
+        (None, "epyc9124"),  # no GPU: the CPU profile
     ],
 )
-def test_auto_recognises_gpus_by_nvml_name(gpu_name, profile) -> None:
-    from petra_hw.profiles import profile_names
+def test_auto_recognises_gpus_by_nvml_name(monkeypatch, gpu_name, profile) -> None:
+    """``--device auto`` with NVML reporting ``gpu_name`` on an EPYC 9124 host."""
+    import petra_hw.profiles as profiles
 
-    cpu = "AMD EPYC 9124 16-Core Processor"
-    found = [p for p in map(load_profile, profile_names()) if matches(p, cpu, [gpu_name], "x86_64")]
-    best = max(found, key=lambda p: p.match.priority)
-    assert best.name == (profile or "epyc9124")
+    monkeypatch.setattr(profiles, "gpu_names", lambda: [gpu_name] if gpu_name else [])
+    monkeypatch.setattr(profiles, "cpu_model", lambda: "AMD EPYC 9124 16-Core Processor")
+    picked = load_profile("auto")
+    assert picked.name == profile
+    if gpu_name:
+        note = f"--device auto picked profile {profile} ("
+        assert any(n.startswith(note) and repr(gpu_name) in n for n in picked.notes)
+        assert any(n.startswith(note) for n in check_host(picked))  # printed by the CLI
+    else:
+        assert picked.notes == ()
+
+
+def test_generic_profile_matches_any_nvidia_gpu_but_loses_to_specific_ones() -> None:
+    generic, h200 = load_profile("nvidia-gpu"), load_profile("h200")
+    assert matches(generic, "", ["Tesla T4"], "aarch64") and not matches(generic, "x", [], "x86_64")
+    cpus = [load_profile(n) for n in ("cpu", "epyc9124")]
+    assert all(c.match.priority < generic.match.priority < h200.match.priority for c in cpus)
+    for name in ("h100", "rtx6000ada"):  # names kept
+        assert load_profile(name).match.priority > generic.match.priority
 
 
 # -- on a GPU -------------------------------------------------------------------------------------
+def _gpu_profile():
+    """This host's GPU profile with quick measurement settings and batches 1 and 16."""
+    return dataclasses.replace(detect_profile(), measurement=QUICK, batch_sizes=(1, 16))
+
+
+def _gpu_request(digits, tmp_path, precision: str, name: str, **options) -> CompileRequest:
+    request = _request(digits, tmp_path, precision, **options)
+    return dataclasses.replace(request, profile=_gpu_profile(), out_dir=tmp_path / name)
+
+
 def _compile_torch(digits, tmp_path, precision, **options):
-    profile = dataclasses.replace(load_profile("h100"), measurement=QUICK, batch_sizes=(1, 16))
-    request = dataclasses.replace(_request(digits, tmp_path, precision, **options), profile=profile)
-    request = dataclasses.replace(request, out_dir=tmp_path / f"torch-{precision}-{len(options)}")
+    request = _gpu_request(
+        digits, tmp_path, precision, f"torch-{precision}-{len(options)}", **options
+    )
     artifact = TorchBackend().compile(digits.model, request)
-    return TorchBackend().load(read_artifact(artifact.path), profile), profile
+    return TorchBackend().load(read_artifact(artifact.path), request.profile), request.profile
+
+
+def _want(model, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return copy.deepcopy(model).cpu()(x).numpy()
+
+
+@pytest.fixture
+def tensorrt_here():
+    """TensorRT on this GPU host.  Where the host's profile lists tensorrt, a missing TensorRT
+    fails the test: a green ``-m gpu`` run must mean TensorRT was exercised."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:
+        profile = detect_profile()
+        if profile.is_gpu and "tensorrt" in profile.backends:
+            pytest.fail(
+                f"profile {profile.name} lists tensorrt, which cannot be imported ({exc}): install "
+                "NVIDIA's tensorrt wheel, or deselect with -m 'gpu and not tensorrt'"
+            )
+        pytest.skip(f"tensorrt cannot be imported ({exc}) and profile {profile.name} lacks it")
+    return tensorrt
+
+
+@pytest.fixture
+def ort_cuda_here():
+    """ONNX Runtime's CUDA provider on this GPU host; missing, it fails like ``tensorrt_here``."""
+    import onnxruntime as ort
+
+    if ortb.CUDA not in ort.get_available_providers():
+        profile = detect_profile()
+        problem = ortb.install_problem(gpu_host=True)
+        if profile.is_gpu and "onnxruntime" in profile.backends:
+            pytest.fail(f"profile {profile.name} lists onnxruntime: {problem}")
+        pytest.skip(str(problem))
 
 
 @pytest.mark.gpu
@@ -304,9 +494,7 @@ def _compile_torch(digits, tmp_path, precision, **options):
 def test_torch_cuda_matches_cpu(digits, tmp_path, precision, tol):
     runner, _ = _compile_torch(digits, tmp_path, precision)
     x = digits.splits.val.x[:64]
-    got = runner(x.numpy())
-    with torch.no_grad():
-        want = digits.model.cpu()(x).numpy()
+    got, want = runner(x.numpy()), _want(digits.model, x)
     assert runner.device == "cuda"
     assert np.abs(got - want).max() <= tol * np.abs(want).max()
     assert (got.argmax(1) == want.argmax(1)).mean() > 0.98
@@ -343,19 +531,61 @@ def test_nvml_energy_during_a_measurement(digits, tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.ort_cuda
 @needs_cuda
-def test_tensorrt_fp16_engine_builds_and_runs(digits, tmp_path):
-    pytest.importorskip("tensorrt")
-    request = _request(digits, tmp_path, "fp16")
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-2), ("fp16", 5e-2)])
+def test_ort_cuda_runs_every_node_on_the_gpu(digits, tmp_path, ort_cuda_here, precision, tol):
+    request = _gpu_request(digits, tmp_path, precision, f"ort-{precision}")
+    artifact = OnnxRuntimeBackend().compile(digits.model, request)
+    runner = OnnxRuntimeBackend().load(read_artifact(artifact.path), request.profile)
+    assert set(ortb.assignment(runner.session)) == {ortb.CUDA}
+    assert (
+        runner.session.get_session_options().get_session_config_entry(ortb.NO_CPU_FALLBACK) == "1"
+    )
+    x = digits.splits.val.x[:64]
+    got, want = runner(x.numpy()), _want(digits.model, x)
+    assert runner.device == "cuda" and got.shape == want.shape
+    assert np.abs(got - want).max() <= tol * np.abs(want).max()
+    assert np.allclose(runner(x[:1].numpy()), got[:1], rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_cuda
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-3), ("fp16", 5e-2)])
+def test_tensorrt_float_engine_builds_and_runs(digits, tmp_path, tensorrt_here, precision, tol):
+    request = _gpu_request(digits, tmp_path, precision, f"trt-{precision}")
     artifact = trt_backend.TensorRTBackend().compile(digits.model, request)
-    assert (artifact.path / "timing.cache").is_file()
+    built = artifact.manifest["tensorrt"]
+    cache = Path(built["timing_cache"])
+    assert cache.is_file() and artifact.path not in cache.parents
+    assert built["tf32"] is (precision != "fp32")  # fp32 engines do not use TF32
     runner = trt_backend.TensorRTBackend().load(read_artifact(artifact.path))
     x = digits.splits.val.x[:100]  # larger than the profile's largest batch: split
-    got = runner(x.numpy())
-    with torch.no_grad():
-        want = digits.model.cpu()(x).numpy()
-    assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()
-    built = artifact.manifest["tensorrt"]
+    got, want = runner(x.numpy()), _want(digits.model, x)
+    assert np.abs(got - want).max() <= tol * np.abs(want).max()
+    one = runner(x[:1].numpy())  # the batch-1 optimization profile
+    assert one.shape == (1, *want.shape[1:])
+    assert np.abs(one - want[:1]).max() <= tol * np.abs(want).max()
     moved = artifact.update(tensorrt={**built, "version": "0.0.0"})
     with pytest.raises(ArtifactError, match="compile it again"):
         trt_backend.TensorRTBackend().load(moved)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_cuda
+@pytest.mark.parametrize("mode", ["qat", "static"])
+def test_tensorrt_int8_engine_builds_and_runs(digits, qat_model, tmp_path, tensorrt_here, mode):
+    model = qat_model if mode == "qat" else digits.model
+    request = _gpu_request(digits, tmp_path, "int8", f"trt-int8-{mode}", int8_mode=mode)
+    artifact = trt_backend.TensorRTBackend().compile(model, request)
+    assert artifact.manifest["precision"] == "int8"
+    assert artifact.manifest["quantization"]["mode"] == mode
+    assert artifact.manifest["quantization"]["quantize_linear"] > 0
+    runner = trt_backend.TensorRTBackend().load(read_artifact(artifact.path))
+    x = digits.splits.val.x[:100]
+    got, want = runner(x.numpy()), _want(model, x)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    one = runner(x[:1].numpy())
+    assert one.shape == (1, *want.shape[1:]) and one.argmax(1)[0] == got.argmax(1)[0]

@@ -28,8 +28,8 @@ def setup(args: argparse.Namespace):
     from petra_hw.suite import load_suite
 
     profile = load_profile(args.device)
-    for note in check_host(profile):
-        errors.print(f"note: {note}")
+    for note in [*check_host(profile), *runtime_notes(profile)]:
+        errors.print(f"note: {note}", markup=False, soft_wrap=True)  # notes hold [extras]
     suite = load_suite(args.suite)
     with console.status(f"baseline for {suite.name} (trained once, then cached)"):
         baseline = get_baseline(suite, args.seed, args.data_dir)
@@ -39,6 +39,18 @@ def setup(args: argparse.Namespace):
             f"{baseline.metrics['test']:.4f} (val {baseline.metrics['val']:.4f})"
         )
     return suite, profile, baseline
+
+
+def runtime_notes(profile) -> list[str]:
+    """Start-up check of the ONNX Runtime install for a profile that uses it (none, the CPU build
+    on a GPU host, or both builds overwriting each other), naming the fix."""
+    from backends.onnxruntime_backend import install_problem
+    from petra_hw.profiles import gpu_names
+
+    if "onnxruntime" not in profile.backends:
+        return []
+    problem = install_problem(profile.is_gpu and bool(gpu_names()))
+    return [f"onnxruntime: {problem}"] if problem else []
 
 
 def fresh_dir(base: Path, stem: str) -> Path:

@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from backends.onnxruntime_backend import install_problem
     from petra_hw.profiles import (
         cpu_model,
         detect_profile,
@@ -24,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     cpu, gpus = cpu_model(), gpu_names()
-    chosen = detect_profile().name
+    auto = detect_profile()
+    chosen = auto.name
     rows = []
     for name in profile_names():
         p = load_profile(name)
@@ -46,4 +48,14 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"this host: CPU {cpu!r}; GPUs: {', '.join(gpus) if gpus else 'none'}; --device auto = {chosen}"
     )
+    for note in auto.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+    problem = install_problem(bool(gpus))
+    console.print(f"onnxruntime: {problem or _ort_summary()}", markup=False, soft_wrap=True)
     return 0
+
+
+def _ort_summary() -> str:
+    import onnxruntime as ort
+
+    return f"{ort.__version__}, providers {', '.join(ort.get_available_providers())}"

@@ -102,11 +102,17 @@ def run(args: argparse.Namespace) -> int:
         if reason:
             if args.backend:
                 raise UserError(f"backend '{name}' is not available here: {reason}")
-            errors.print(f"skip {name}: {reason}")
+            errors.print(f"skip {name}: {reason}", markup=False, soft_wrap=True)
             continue
         precisions = args.precision or [p for p in backend.precisions if p in profile.precisions]
         for precision in precisions:
-            check_supported(backend, profile, precision)
+            try:
+                check_supported(backend, profile, precision)
+            except UserError as exc:
+                if args.precision:
+                    raise
+                errors.print(f"skip {name} {precision}: {exc}", markup=False, soft_wrap=True)
+                continue
             plan.append((name, precision))
     if not plan:
         raise UserError(f"nothing to measure on device '{profile.name}'")
