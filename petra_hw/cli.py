@@ -70,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         sys.stderr.write(f"petra-hw: error: {exc}\n")
         return 2
+    except Exception as exc:  # a user's suite code or a full disk: one line; a bug: traceback
+        from petra_hw.failures import one_line
+
+        line = one_line(exc)
+        if line is None:
+            raise
+        logging.getLogger("petra_hw").debug("details", exc_info=True)
+        sys.stderr.write(f"petra-hw: error: {line}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("petra-hw: interrupted\n")
         return 130

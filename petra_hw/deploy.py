@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from petra_hw import __version__
-from petra_hw.artifact import MANIFEST, read_artifact
+from petra_hw.artifact import DIGEST, MANIFEST, read_artifact
 from petra_hw.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def readme(run: dict[str, Any], ev: dict[str, Any], manifest: dict[str, Any]) ->
 def _copy(src: Path, dest: Path) -> Path:
     artifact = read_artifact(src)  # verify before copying
     dest.mkdir(parents=True)
-    for name in [*artifact.files, MANIFEST]:
+    for name in [*artifact.all_files, MANIFEST, DIGEST]:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / name, target)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from petra_hw.commands.common import add_suite_args, new_out_dir
+from petra_hw.commands.common import add_suite_args, output_or_nothing
 from petra_hw.console import console, errors, mb, table
 
 COLUMNS = [
@@ -34,8 +34,6 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from petra_hw.backend import choose_backend, float_precision, get_backend
-    from petra_hw.baseline import get_baseline, predict
-    from petra_hw.evaluate import compile_model, judge
     from petra_hw.pipeline import parse_pipeline
     from petra_hw.precision import resolve
     from petra_hw.profiles import check_host, load_profile
@@ -48,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
     intent = resolve(pipeline, float_precision(profile))
     backend = get_backend(choose_backend(profile, intent.precision, args.backend, intent.mode))
     suite = load_suite(args.suite)
-    out = new_out_dir(args.out, Path("reports"), f"compile-{suite.name}")
+    with output_or_nothing(args.out, Path("reports"), f"compile-{suite.name}") as out:
+        return _compile(args, pipeline, profile, intent, backend, suite, out)
+
+
+def _compile(args, pipeline, profile, intent, backend, suite, out: Path) -> int:
+    from petra_hw.baseline import get_baseline, predict
+    from petra_hw.evaluate import compile_model, judge
 
     with console.status(f"baseline for {suite.name} (trained once, then cached)"):
         baseline = get_baseline(suite, args.seed, args.data_dir)
