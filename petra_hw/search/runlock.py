@@ -37,7 +37,10 @@ class RunLock:
         self._file.truncate(0)
         self._file.write(f"{os.getpid()}\n".encode())
         self._file.flush()
-        try:  # ballast: released by release_reserve() when the disk is full
+
+    def reserve(self) -> None:
+        """Set disk space aside (best effort) that ``release_reserve`` gives back."""
+        try:
             os.posix_fallocate(self._file.fileno(), 0, RESERVE_BYTES)
         except OSError:
             pass

@@ -277,6 +277,7 @@ class _Session:
             self.store.close()
             self.lock.release()
             raise
+        self.lock.reserve()  # room to record "interrupted" should the disk fill up
 
     def _load(self) -> None:
         """The run's settings and journal; ``infra`` failures are not kept: resume retries them."""
@@ -403,6 +404,8 @@ class _Session:
     def run(self) -> TuneResult:
         try:
             return self._run()
+        except (_InfraStop, DiskFull) as exc:
+            raise self._interrupted(exc) from None
         finally:
             self.store.close()
             self.lock.release()
@@ -440,8 +443,8 @@ class _Session:
         except KeyboardInterrupt:
             self.store.set_status(self.run_id, "interrupted")
             raise
-        except (_InfraStop, DiskFull) as exc:
-            raise self._interrupted(exc) from None
+        except (_InfraStop, DiskFull):
+            raise  # the environment failed: interrupted (see run), never "failed"
         except BaseException:
             self.store.set_status(self.run_id, "failed")
             raise
@@ -450,18 +453,20 @@ class _Session:
             try:
                 self.store.update_stats(self.run_id, **self._stats())
             except DiskFull:
-                log.warning("run %s: stats not updated (disk full)", self.run_id)
+                log.info("run %s: stats not updated (disk full)", self.run_id)
         return result
 
     def _interrupted(self, exc: Exception) -> UserError:
         """Mark the run interrupted after a failure of the environment and say how to go on."""
         full = isinstance(exc, DiskFull) or disk_full(exc, self.run_dir)
-        if full:
-            self.lock.release_reserve()  # room for the status update below
         try:
+            if full:  # room for the status update, on a fresh connection (SQLite gave up on this)
+                self.lock.release_reserve()
+                self.store.close()
+                self.store = Store(self.run_dir / JOURNAL_NAME)
             self.store.set_status(self.run_id, "interrupted")
         except DiskFull:
-            log.warning("run %s: status not updated (disk full)", self.run_id)
+            log.info("run %s: status not updated (disk full)", self.run_id)
         fix = "free space" if full else "fix it"
         what = f"the disk holding {self.run_dir} is full" if full else f"environment failure: {exc}"
         return (DiskFull if full else UserError)(
