@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "PETRA_HW_FAULT"
 FAULTS = ("step", "export", "nan", "timeout", "crash", "segfault", "diskfull")
 INFRA = "infra"
+DISK_FULL = "disk full: "  # how an infra error caused by a full disk begins
 MODES = ("pretrained", "untrained")
 COMPUTE_LOCK = LOCK_PATH.with_name("petra-hw-compute.lock")
 GATE_LOCK = LOCK_PATH.with_name("petra-hw-gate.lock")
@@ -352,7 +353,8 @@ def _phase(phase: str, where: Path | None = None) -> Iterator[None]:
         raise
     except Exception as exc:
         log.info("%s failed: %s", phase, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        raise _Failed(_kind(exc, phase, where), f"{type(exc).__name__}: {exc}") from exc
+        full = DISK_FULL if disk_full(exc, where) else ""
+        raise _Failed(_kind(exc, phase, where), f"{full}{type(exc).__name__}: {exc}") from exc
 
 
 def applied_pipeline(ctx: EvalContext, suite: Suite, pipeline: Pipeline) -> Pipeline:

@@ -32,6 +32,7 @@ from petra_hw.errors import DiskFull, UserError
 from petra_hw.fsutil import disk_full
 from petra_hw.pipeline import Pipeline
 from petra_hw.search.evaluator import (
+    DISK_FULL,
     INFRA,
     MODES,
     CutRule,
@@ -392,6 +393,8 @@ class _Session:
             if not self.store.add_evaluation(self.run_id, ev):
                 log.warning("candidate %s was already journaled", ev.candidate.id)
             if ev.error_kind == INFRA:  # the environment failed, not the candidate: stop here
+                if (ev.error or "").startswith(DISK_FULL):
+                    raise DiskFull(ev.error)
                 raise _InfraStop(f"{ev.candidate.pipeline}: {ev.error}")
             self.journal[ev.candidate.id] = ev
             self.evaluated += 1
