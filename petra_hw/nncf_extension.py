@@ -70,6 +70,19 @@ def used() -> str | None:
     return _used
 
 
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid``: ninja puts each compiler in a process group of
+    its own, so killing the builder's group alone would leave them running."""
+    import psutil
+
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid:
+                p.send_signal(signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+
+
 def _build(root: Path, failed: Path) -> bool:
     """Build the extension in a child session; kill the whole group on timeout."""
     import torch
@@ -93,10 +106,7 @@ def _build(root: Path, failed: Path) -> bool:
     except subprocess.TimeoutExpired:
         ok, reason = False, [f"build timed out after {timeout:g} s ({TIMEOUT_ENV})"]
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # compilers the build left running, if any
-        except ProcessLookupError:
-            pass
+        _kill_session(proc.pid)  # compilers the build left running, if any
         proc.wait()
     if not ok:
         (build_dir / "lock").unlink(missing_ok=True)
