@@ -69,6 +69,16 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         },
         "pipeline": {"type": ["object", "null"]},
         "size_bytes": {"type": "integer", "minimum": 0},
+        "environment": {"type": "object"},
+        "metrics": {
+            "type": "object",
+            "properties": {
+                "quality": {"type": "object", "additionalProperties": {"type": ["number", "null"]}},
+                "parity": {"type": "object"},
+                "measurement": {"type": "object"},
+            },
+        },
+        "op_counts": {"type": "object"},
     },
 }
 _VALIDATOR = jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
