@@ -9,7 +9,6 @@ this table, so a new hyperparameter is added in one place.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 from petra_hw.errors import UserError

@@ -78,7 +78,9 @@ def _toml_value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+        return (
+            "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+        )
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
@@ -89,7 +91,9 @@ def _toml_value(v: object) -> str:
 
 
 def _toml(data: dict) -> str:
-    lines = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    lines = [
+        f"{json.dumps(k)} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)
+    ]
     for k, v in data.items():
         if isinstance(v, dict):
             lines.append(f"[{json.dumps(k)}]")
@@ -139,8 +143,12 @@ def artifact(digits, cpu_profile, tmp_path_factory):
 def instant_profile(tmp_path_factory) -> Path:
     """Measurements of a few milliseconds: a manifest that stays valid is measured quickly."""
     text = FAST.read_text().replace("batch_sizes = [1, 8]", "batch_sizes = [1]")
-    text = text.replace("min_iters = 5", "min_iters = 1").replace("warmup_iters = 2", "warmup_iters = 0")
-    text = text.replace("min_time_s = 0.05", "min_time_s = 0.0").replace("max_time_s = 1.0", "max_time_s = 0.01")
+    text = text.replace("min_iters = 5", "min_iters = 1").replace(
+        "warmup_iters = 2", "warmup_iters = 0"
+    )
+    text = text.replace("min_time_s = 0.05", "min_time_s = 0.0").replace(
+        "max_time_s = 1.0", "max_time_s = 0.01"
+    )
     path = tmp_path_factory.mktemp("instant") / "instant.toml"
     path.write_text(text)
     return path

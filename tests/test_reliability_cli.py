@@ -29,7 +29,8 @@ def one_line(argv: list[str], capsys) -> str:
 @pytest.fixture(scope="module")
 def bad_suites(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("suites")
-    (folder / "badsplits.py").write_text(textwrap.dedent("""
+    (folder / "badsplits.py").write_text(
+        textwrap.dedent("""
         import dataclasses
         from suites.digits.suite import SUITE as DIGITS
 
@@ -37,8 +38,10 @@ def bad_suites(tmp_path_factory) -> Path:
             raise ValueError("no data for you")
 
         SUITE = dataclasses.replace(DIGITS, name="badsplits", load_splits=load_splits)
-    """))
-    (folder / "badforward.py").write_text(textwrap.dedent("""
+    """)
+    )
+    (folder / "badforward.py").write_text(
+        textwrap.dedent("""
         import dataclasses
         from suites.digits.suite import SUITE as DIGITS, DigitsCNN
 
@@ -47,11 +50,14 @@ def bad_suites(tmp_path_factory) -> Path:
                 raise RuntimeError("forward exploded")
 
         SUITE = dataclasses.replace(DIGITS, name="badforward", build_model=Broken)
-    """))
+    """)
+    )
     return folder
 
 
-@pytest.mark.parametrize("suite, function", [("badsplits", "load_splits"), ("badforward", "forward")])
+@pytest.mark.parametrize(
+    "suite, function", [("badsplits", "load_splits"), ("badforward", "forward")]
+)
 def test_user_code_error_names_file_and_function_and_leaves_no_out(
     bad_suites, tmp_path, capsys, suite, function
 ):

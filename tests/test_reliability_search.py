@@ -39,8 +39,19 @@ def _journal(run: Path) -> tuple[str, dict[str, str | None]]:
 
 
 def _tune(out: Path) -> list[str]:
-    return ["tune", "--suite", "digits", "--device", str(FAST), "--evaluations", "1",
-            "--population", "1", "--out", str(out)]  # fmt: skip (evolution asks "LR" first)
+    return [
+        "tune",
+        "--suite",
+        "digits",
+        "--device",
+        str(FAST),
+        "--evaluations",
+        "1",
+        "--population",
+        "1",
+        "--out",
+        str(out),
+    ]  # fmt: skip (evolution asks "LR" first)
 
 
 def test_disk_full_in_a_candidate_is_infra_stops_the_run_and_is_retried(

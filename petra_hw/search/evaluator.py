@@ -8,18 +8,22 @@ becomes an ``Evaluation`` with ``error`` and ``error_kind``:
 - ``compile``: no backend of the profile compiles the pipeline's precision, or compiling failed;
 - ``measure``: loading, scoring or timing the artifact failed; ``setup``: the worker could not
   load the suite or baseline.  (``timeout`` and ``crash`` are recorded by the executors.)
+- ``infra``: the environment failed, not the candidate (a full disk, a machine lock that cannot be
+  taken, NNCF's extension set-up); its message starts with ``disk full: `` for a full disk.  Tune
+  stops the run as ``interrupted`` and a resume evaluates the candidate again.
 
 Phases and locks: applying steps and compiling run under a *shared* compute lock; judging
 (quality through the runner, then the profiler's timing) runs under the *exclusive* one, so a
 measurement never overlaps training or compiling in another worker on this machine (see
-``computing`` / ``measuring``).
+``computing`` / ``measuring``).  Time spent waiting for these locks is reported to
+``lock_wait_listener`` so that a local executor's timeout counts only the candidate's compute.
 
 Fault injection for tests: ``PETRA_HW_FAULT`` (read only by ``fault_from_env``, into
 ``EvalContext.fault``) makes every candidate with at least one step fail on purpose:
 ``step`` (raises while applying), ``export`` (raises while compiling), ``nan`` (NaN weights, so a
 training step meets a NaN loss), ``timeout`` (hangs), ``crash`` (the worker is SIGKILLed, as by the
-OOM killer), ``segfault`` (dereferences NULL).  ``KIND@Step`` limits it to pipelines containing
-that step kind, e.g. ``nan@Tr``.  The Original is never faulted: it is the run's reference.
+OOM killer), ``segfault`` (dereferences NULL), ``diskfull`` (raises ENOSPC, as a full disk
+does).  ``KIND@Step`` limits it to pipelines containing that step kind, e.g. ``nan@Tr``.  The Original is never faulted: it is the run's reference.
 """
 
 from __future__ import annotations
@@ -47,9 +51,9 @@ from petra_hw.backend import choose_backend as _choose_backend
 from petra_hw.backend import float_precision
 from petra_hw.baseline import Baseline, predict
 from petra_hw.errors import UserError
+from petra_hw.evaluate import compile_model, judge
 from petra_hw.fsutil import disk_full
 from petra_hw.nncf_extension import ExtensionBuildError
-from petra_hw.evaluate import compile_model, judge
 from petra_hw.pipeline import Pipeline, Step
 from petra_hw.precision import resolve
 from petra_hw.profiler import LOCK_PATH

@@ -4,7 +4,9 @@ Common interface: ``submit(candidates)`` yields one ``Evaluation`` per candidate
 finishes (in finishing order), ``close()`` releases the workers, and ``context`` (an
 ``EvalContext``) may be replaced between calls (tune does so once the Original's objectives are
 known).  Timeouts and dead workers become evaluations with ``error_kind`` "timeout" / "crash";
-the search goes on.
+the search goes on.  A worker killed by SIGTERM/SIGHUP/SIGINT (the machine, not the candidate) and
+a lock wait longer than ``PETRA_HW_LOCK_WAIT_S`` are ``infra``.  The local executor's timeout
+counts a candidate's own compute: its worker reports lock waits, which are not counted.
 
 ``LocalExecutor`` keeps its own spawned worker processes rather than a ProcessPoolExecutor: a
 pool can neither kill one overrunning task nor survive a segfault without failing every task in

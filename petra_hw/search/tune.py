@@ -58,6 +58,7 @@ BASELINE_WEIGHTS = "baseline.pt"
 class _InfraStop(Exception):
     """An evaluation failed for a reason of the environment (``infra``): the run stops."""
 
+
 ORIGINAL = Pipeline.make()
 
 
@@ -236,7 +237,9 @@ def tune(
     except BaseException as exc:
         shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(exc, Exception) and disk_full(exc, run_dir.parent):
-            raise DiskFull(f"the disk holding {out} is full: free space and run tune again") from exc
+            raise DiskFull(
+                f"the disk holding {out} is full: free space and run tune again"
+            ) from exc
         raise
     return _Session(run_dir, progress).run()
 
