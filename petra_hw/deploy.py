@@ -204,7 +204,8 @@ def export_runs(
             continue
         _copy(src, dest)
         manifest = json.loads((dest / MANIFEST).read_text())
-        (dest / "README.md").write_text(readme(run, ev, manifest))
+        # listed in the manifest like every file of an artifact folder (re-sealed)
+        read_artifact(dest).add_file("README.md", readme(run, ev, manifest).encode())
         exported.append(
             Exported(
                 dest,
