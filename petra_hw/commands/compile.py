@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from petra_hw.commands.common import add_suite_args, output_or_nothing
 from petra_hw.console import console, errors, mb, table
+
+if TYPE_CHECKING:
+    from petra_hw.backend import Backend
+    from petra_hw.pipeline import Pipeline
+    from petra_hw.precision import PrecisionIntent
+    from petra_hw.profiles import Profile
+    from petra_hw.suite import Suite
 
 COLUMNS = [
     "backend", "precision", "p50 ms", "throughput ips", "batch", "size MB", "int8 ops",
@@ -50,7 +58,16 @@ def run(args: argparse.Namespace) -> int:
         return _compile(args, pipeline, profile, intent, backend, suite, out)
 
 
-def _compile(args, pipeline, profile, intent, backend, suite, out: Path) -> int:
+def _compile(
+    args: argparse.Namespace,
+    pipeline: Pipeline,
+    profile: Profile,
+    intent: PrecisionIntent,
+    backend: Backend,
+    suite: Suite,
+    out: Path,
+) -> int:
+    """Everything that writes into ``out`` (removed by the caller when this fails)."""
     from petra_hw.baseline import get_baseline, predict
     from petra_hw.evaluate import compile_model, judge
 
