@@ -1,23 +1,87 @@
 """Artifacts: a self-contained folder of model file(s) plus ``manifest.json``.
 
-The manifest names the pipeline, backend, precision, input spec, the sha256 of every file, the
-environment it was compiled on, and (once measured) its metrics.  Loading verifies every hash, so
-a truncated or tampered artifact is refused instead of silently measured.
+The manifest names the pipeline, backend, precision, input spec, the sha256 of *every* file in
+the folder (the model files under ``files``, anything else, such as raw timing samples, under
+``aux_files``), the environment it was compiled on, and (once measured) its metrics.  The manifest
+is sealed by ``manifest.digest`` (see ``petra_hw.integrity``).  Loading checks, in this order: the
+seal, the manifest's schema (a refusal names the field), that every file in the folder is listed
+and every listed file is there, and every hash; so a truncated, swapped or tampered artifact is
+refused instead of silently measured.
+
+Writes are atomic and the seal is written last: a compile killed at any instant leaves either a
+complete artifact or a folder that ``read_artifact`` refuses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
+from petra_hw import integrity
 from petra_hw.errors import ArtifactError
+from petra_hw.fsutil import atomic_write
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+DIGEST = "manifest.digest"
+SCHEMA_VERSION = 2  # 2: every file listed (aux_files) and the manifest sealed
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+_SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_NAME = "^(?!/)(?!.*(^|/)\\.\\.(/|$))[^\\\\]+$"  # relative, no "..", no backslash
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema_version", "backend", "precision", "files", "input"],
+    "properties": {
+        "schema_version": {"type": "integer"},
+        "backend": {"type": "string", "minLength": 1},
+        "precision": {"enum": list(PRECISIONS)},
+        "files": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": _NAME},
+            "additionalProperties": _SHA256,
+        },
+        "aux_files": {
+            "type": "object",
+            "propertyNames": {"pattern": _NAME},
+            "additionalProperties": _SHA256,
+        },
+        "input": {
+            "type": "object",
+            "required": ["name", "shape"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "shape": {
+                    "type": "array",
+                    "minItems": 2,
+                    "maxItems": 8,
+                    "prefixItems": [{"type": ["integer", "null"], "minimum": 1}],
+                    "items": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
+                },
+                "dtype": {"enum": ["float32"]},
+            },
+        },
+        "pipeline": {"type": ["object", "null"]},
+        "size_bytes": {"type": "integer", "minimum": 0},
+        "environment": {"type": "object"},
+        "metrics": {
+            "type": "object",
+            "properties": {
+                "quality": {"type": "object", "additionalProperties": {"type": ["number", "null"]}},
+                "parity": {"type": "object"},
+                "measurement": {"type": "object"},
+            },
+        },
+        "op_counts": {"type": "object"},
+    },
+}
+_VALIDATOR = jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
 
 
 def sha256_file(path: Path) -> str:
@@ -62,7 +126,13 @@ class Artifact:
 
     @property
     def files(self) -> dict[str, str]:
+        """The model files (what ``size_bytes`` counts), name -> sha256."""
         return self.manifest["files"]
+
+    @property
+    def all_files(self) -> dict[str, str]:
+        """Every file of the folder but the manifest and its seal, name -> sha256."""
+        return {**self.manifest.get("aux_files", {}), **self.files}
 
     @property
     def input_spec(self) -> InputSpec:
@@ -79,14 +149,31 @@ class Artifact:
     def update(self, **fields: Any) -> Artifact:
         """Add measured fields (metrics, parity, op counts) to the manifest on disk."""
         manifest = {**self.manifest, **fields}
-        _write_json(self.path / MANIFEST, manifest)
+        _write_manifest(self.path, manifest)
         return Artifact(self.path, manifest)
 
+    def add_file(self, name: str, data: bytes) -> Artifact:
+        """Write an auxiliary file into the artifact and list it (hashed) in the manifest."""
+        atomic_write(self.path / name, data)
+        aux = {**self.manifest.get("aux_files", {}), name: hashlib.sha256(data).hexdigest()}
+        return self.update(aux_files=aux)
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    """Manifest first, seal last: a crash in between leaves a seal that refuses the folder."""
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    atomic_write(folder / MANIFEST, text.encode())
+    atomic_write(folder / DIGEST, (integrity.seal(json.loads(text)) + "\n").encode())
+
+
+def _folder_files(folder: Path) -> set[str]:
+    """Every entry below ``folder`` (relative posix paths), manifest and seal excluded."""
+    names = set()
+    for p in folder.rglob("*"):
+        if p.is_dir() and not p.is_symlink():
+            continue
+        names.add(p.relative_to(folder).as_posix())
+    return names - {MANIFEST, DIGEST}
 
 
 def write_artifact(
@@ -99,51 +186,121 @@ def write_artifact(
     pipeline: dict | None = None,
     extra: dict | None = None,
 ) -> Artifact:
-    """Hash ``files`` (relative to ``out_dir``) and write the manifest next to them."""
+    """Hash ``files`` (the model, relative to ``out_dir``) and every other file already in the
+    folder (``aux_files``, e.g. a TensorRT timing cache), then write and seal the manifest."""
     from petra_hw.fingerprint import fingerprint
 
     out_dir = Path(out_dir)
+    aux = sorted(_folder_files(out_dir) - set(files))
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "backend": backend,
         "precision": precision,
         "files": {f: sha256_file(out_dir / f) for f in files},
+        "aux_files": {f: sha256_file(out_dir / f) for f in aux},
         "input": input_spec.to_json(),
         "pipeline": pipeline,
         "environment": fingerprint(),
         **(extra or {}),
     }
-    _write_json(out_dir / MANIFEST, manifest)
+    _write_manifest(out_dir, manifest)
     return Artifact(out_dir, manifest)
 
 
+def validate_manifest(manifest: object, where: str) -> dict[str, Any]:
+    """Refuse a manifest of another schema version or one that breaks the schema, naming the
+    field."""
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{where}: {MANIFEST} is not a JSON object")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{where}: manifest schema_version {version!r} is not supported (this petra-hw reads "
+            f"{SCHEMA_VERSION}; recompile the artifact)"
+        )
+    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(manifest))
+    if error is not None:
+        field = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ArtifactError(f"{where}: invalid manifest field '{field}': {error.message}")
+    return manifest
+
+
 def read_artifact(path: str | Path, verify: bool = True) -> Artifact:
-    """Read an artifact folder; with ``verify`` every file's sha256 must match the manifest."""
+    """Read an artifact folder: its seal, schema and file list always; with ``verify`` also every
+    file's sha256."""
     folder = Path(path)
     mf = folder / MANIFEST
     if not mf.is_file():
         raise ArtifactError(f"not an artifact: {folder} has no {MANIFEST}")
     try:
         manifest = json.loads(mf.read_text())
-        files = manifest["files"]
-        manifest["backend"], manifest["precision"], manifest["input"]  # noqa: B018
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        sealed = (folder / DIGEST).read_text()
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact {folder}: no {DIGEST} (incomplete or tampered)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ArtifactError(f"corrupt manifest in {folder}: {exc}") from None
+    where = f"artifact {folder}"
+    integrity.verify(manifest, sealed, where)
+    validate_manifest(manifest, where)
+    artifact = Artifact(folder, manifest)
+    listed = artifact.all_files
+    unlisted = sorted(_folder_files(folder) - set(listed))
+    if unlisted:
+        raise ArtifactError(f"{where}: file {unlisted[0]} is not listed in its manifest; refused")
     root = folder.resolve()
-    for name, digest in files.items():
+    for name, digest in listed.items():
         target = (folder / name).resolve()
         if root not in target.parents:
-            raise ArtifactError(f"artifact {folder}: file {name!r} points outside the folder")
+            raise ArtifactError(f"{where}: file {name!r} points outside the folder")
         if not target.is_file():
-            raise ArtifactError(f"artifact {folder}: missing file {name}")
+            raise ArtifactError(f"{where}: missing file {name}")
         if verify and sha256_file(target) != digest:
-            raise ArtifactError(f"artifact {folder}: {name} does not match its sha256 (tampered?)")
-    return Artifact(folder, manifest)
+            raise ArtifactError(f"{where}: {name} does not match its sha256 (tampered?)")
+    return artifact
+
+
+def open_runner(artifact: Artifact, profile=None):
+    """Load a verified artifact with the backend named in its manifest, refusing one that backend
+    cannot load here, and check that it runs on an input of its manifest's ``input.shape``."""
+    import numpy as np
+
+    from petra_hw.backend import get_backend
+    from petra_hw.errors import UserError
+
+    where = f"artifact {artifact.path}"
+    backend = get_backend(artifact.backend)
+    if artifact.precision not in backend.precisions:
+        raise ArtifactError(
+            f"{where}: backend '{backend.name}' does not run precision {artifact.precision}"
+        )
+    if profile is not None:
+        reason = backend.available(profile)
+        if reason:
+            raise UserError(f"{where}: backend '{backend.name}' is not available here: {reason}")
+    try:
+        runner = backend.load(artifact, profile)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise ArtifactError(
+            f"{where}: backend '{backend.name}' cannot load it: {_first_line(exc)}"
+        ) from None
+    shape = artifact.input_spec.sample_shape(1)
+    try:
+        runner(np.zeros(shape, dtype=np.float32))
+    except Exception as exc:
+        raise ArtifactError(
+            f"{where}: the model does not run on its manifest's input.shape {list(shape)}: "
+            f"{_first_line(exc)}"
+        ) from None
+    return runner
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def load_runner(path: str | Path, profile=None):
     """Verify and load an artifact with the backend that compiled it."""
-    from petra_hw.backend import get_backend
-
-    artifact = read_artifact(path)
-    return get_backend(artifact.backend).load(artifact, profile)
+    return open_runner(read_artifact(path), profile)

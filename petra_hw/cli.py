@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: str) -> str:
+    """A message that is one line whatever it quotes (a key with a newline, a multi-line cause)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -69,7 +74,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return int(args.func(args) or 0)
     except UserError as exc:
-        sys.stderr.write(f"petra-hw: error: {exc}\n")
+        sys.stderr.write(f"petra-hw: error: {_one_line(str(exc))}\n")
+        return 2
+    except Exception as exc:  # a user's suite code or a full disk: one line; a bug: traceback
+        from petra_hw.failures import one_line
+
+        line = one_line(exc)
+        if line is None:
+            raise
+        logging.getLogger("petra_hw").debug("details", exc_info=True)
+        sys.stderr.write(f"petra-hw: error: {_one_line(line)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("petra-hw: interrupted\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from petra_hw import __version__
-from petra_hw.artifact import MANIFEST, read_artifact
+from petra_hw.artifact import DIGEST, MANIFEST, read_artifact
 from petra_hw.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def readme(run: dict[str, Any], ev: dict[str, Any], manifest: dict[str, Any]) ->
 def _copy(src: Path, dest: Path) -> Path:
     artifact = read_artifact(src)  # verify before copying
     dest.mkdir(parents=True)
-    for name in [*artifact.files, MANIFEST]:
+    for name in [*artifact.all_files, MANIFEST, DIGEST]:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / name, target)
@@ -219,7 +219,8 @@ def export_runs(
             continue
         _copy(src, dest)
         manifest = json.loads((dest / MANIFEST).read_text())
-        (dest / "README.md").write_text(readme(run, ev, manifest))
+        # listed in the manifest like every file of an artifact folder (re-sealed)
+        read_artifact(dest).add_file("README.md", readme(run, ev, manifest).encode())
         exported.append(
             Exported(
                 dest,

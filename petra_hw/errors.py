@@ -11,3 +11,7 @@ class UserError(Exception):
 
 class ArtifactError(UserError):
     """An artifact folder that is incomplete, corrupt or tampered with."""
+
+
+class DiskFull(UserError):
+    """The disk (or quota) holding a run or an artifact is full: the environment, not the input."""

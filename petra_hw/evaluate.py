@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from petra_hw.artifact import Artifact, InputSpec, read_artifact
+from petra_hw.artifact import Artifact, InputSpec, open_runner, read_artifact
 from petra_hw.backend import CompileRequest, get_backend
 from petra_hw.profiler import Measurement, measure, measure_fresh_process
 from petra_hw.profiles import Profile
@@ -79,7 +79,14 @@ def compile_model(
         pipeline=pipeline,
         options=tuple(sorted((options or {}).items())),
     )
-    return get_backend(backend).compile(model.eval(), request)
+    artifact = get_backend(backend).compile(model.eval(), request)
+    from petra_hw import nncf_extension
+
+    steps = (pipeline or {}).get("steps", [])
+    if nncf_extension.used() and any(s.get("kind") == "QAT" for s in steps):
+        # which NNCF quantize functions trained this model's fake quantizers in this process
+        artifact = artifact.update(nncf={"quantize_functions": nncf_extension.used()})
+    return artifact
 
 
 def judge(
@@ -95,7 +102,7 @@ def judge(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     artifact = read_artifact(artifact.path)  # verify hashes, as a deployment would
-    runner = get_backend(artifact.backend).load(artifact, profile)
+    runner = open_runner(artifact, profile)
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
     outputs = {name: runner_outputs(runner, splits.by_name(name).x) for name in quality_splits}

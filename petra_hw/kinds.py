@@ -8,6 +8,7 @@ this table, so a new hyperparameter is added in one place.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from petra_hw.errors import UserError
@@ -56,10 +57,14 @@ class ParamSpec:
                 if isinstance(value, bool):
                     raise ValueError
                 out = float(value)
+                if not math.isfinite(out):  # NaN passes every range check
+                    raise ValueError
             else:
                 out = str(value)
-        except (TypeError, ValueError):
-            raise UserError(f"bad value in {where}: expected {self.type.__name__}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(
+                f"bad value in {where}: expected a finite {self.type.__name__}"
+            ) from None
         if self.choices and out not in self.choices:
             raise UserError(f"bad value in {where}: choose one of {', '.join(self.choices)}")
         if self.low is not None and isinstance(out, (int, float)) and out < self.low:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import platform
 import re
@@ -87,8 +88,9 @@ def _parse(path: Path) -> Profile:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"malformed profile TOML {path}: {exc}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read profile {path}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read profile {path}: {getattr(exc, 'strerror', exc)}") from None
+    validate_profile(data, path)
     try:
         kind = data["device_kind"]
         if kind not in ("cpu", "gpu"):
@@ -112,6 +114,116 @@ def _parse(path: Path) -> Profile:
         raise UserError(f"profile {path}: missing key {exc}") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"profile {path}: {exc}") from None
+
+
+def _schema() -> dict:
+    """The profile TOML's schema: types, ranges and known keys; one optional table per backend."""
+    from petra_hw.backend import backend_names
+
+    def integer(low: int, high: int = 1 << 20) -> dict:
+        return {"type": "integer", "minimum": low, "maximum": high}
+
+    def number(low: float, high: float, exclusive: bool = False) -> dict:
+        bound = "exclusiveMinimum" if exclusive else "minimum"
+        return {"type": "number", bound: low, "maximum": high}
+
+    names = backend_names()
+    return {
+        "type": "object",
+        "required": ["name", "device_kind", "backends", "precisions"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "description": {"type": "string"},
+            "device_kind": {"enum": ["cpu", "gpu"]},
+            "backends": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"enum": names},
+            },
+            "precisions": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"enum": ["fp32", "fp16", "bf16", "int8"]},
+            },
+            "threads": integer(0, 4096),
+            "batch_sizes": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": integer(1, 1 << 16),
+            },
+            "channel_multiple": integer(1, 1024),
+            "expected_cores": integer(0, 4096),
+            "nvml": {"type": "boolean"},
+            "measurement": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "warmup_iters": integer(0, 1 << 20),
+                    "min_iters": integer(1, 1 << 20),
+                    "min_time_s": number(0.0, 3600.0),
+                    "max_time_s": number(0.0, 86400.0, exclusive=True),
+                    "max_cv": number(0.0, 1e6, exclusive=True),
+                    "repeats_if_noisy": integer(0, 100),
+                    "fresh_process": {"type": "boolean"},
+                },
+            },
+            "match": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "cpu_model": {"type": "string"},
+                    "gpu_name": {"type": "string"},
+                    "arch": {"type": "string"},
+                    "priority": integer(-1000, 1000),
+                },
+            },
+            **{name: {"type": "object"} for name in names},  # backend compiler settings
+        },
+    }
+
+
+def _non_finite(value: object, where: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number (TOML has ``nan`` and ``inf``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(top level)"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def validate_profile(data: dict, path: Path) -> None:
+    """Refuse a profile with an unknown key or a value of the wrong type or range, naming it,
+    before any work is done with it."""
+    import jsonschema
+
+    bad = _non_finite(data)
+    if bad:
+        raise UserError(f"profile {path}: '{bad}' must be a finite number")
+    validator = jsonschema.Draft202012Validator(_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return
+    key = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required":
+        missing = next(k for k in error.validator_value if k not in error.instance)
+        raise UserError(f"profile {path}: missing key '{f'{key}.' if key else ''}{missing}'")
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        where = f"{key}.{extra[0]}" if key else extra[0]
+        raise UserError(f"profile {path}: unknown key '{where}'")
+    raise UserError(f"profile {path}: bad value for '{key or '(top level)'}': {error.message}")
 
 
 def load_profile(name_or_path: str) -> Profile:

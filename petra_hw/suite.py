@@ -233,6 +233,10 @@ def load_suite(name_or_path: str) -> Suite:
     suite = getattr(module, "SUITE", None)
     if not isinstance(suite, Suite):
         raise UserError(f"suite file {source or name_or_path} defines no SUITE = Suite(...)")
+    if source:
+        from petra_hw.failures import register_suite
+
+        register_suite(Path(source), user=name_or_path.endswith(".py") or path.exists())
     return dataclasses.replace(suite, source=source)
 
 

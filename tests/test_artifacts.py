@@ -14,6 +14,7 @@ from petra_hw.artifact import read_artifact
 from petra_hw.baseline import predict
 from petra_hw.errors import ArtifactError
 from petra_hw.evaluate import compile_model, judge
+from petra_hw.integrity import seal
 from petra_hw.pipeline import Pipeline
 
 
@@ -90,7 +91,10 @@ def test_manifest_cannot_point_outside(artifact, tmp_path) -> None:
     mf = json.loads((copy / "manifest.json").read_text())
     mf["files"] = {"../../etc/passwd": "0" * 64}
     (copy / "manifest.json").write_text(json.dumps(mf))
-    with pytest.raises(ArtifactError, match="outside the folder"):
+    with pytest.raises(ArtifactError, match="does not match its digest"):
+        read_artifact(copy)
+    (copy / "manifest.digest").write_text(seal(mf))  # an attacker who re-seals
+    with pytest.raises(ArtifactError, match="invalid manifest field 'files'"):
         read_artifact(copy)
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="corrupt manifest"):

@@ -52,9 +52,11 @@ def test_one_folder_per_device_and_front_pipeline(deployed, tiny) -> None:
         manifest = json.loads((folder / "manifest.json").read_text())
         assert {p.name for p in folder.iterdir()} == {
             *manifest["files"],
+            *manifest["aux_files"],  # README.md and the raw timing samples, listed and hashed
             "manifest.json",
-            "README.md",
+            "manifest.digest",
         }
+        assert "README.md" in manifest["aux_files"]
         readme = (folder / "README.md").read_text()
         assert "petra_hw.load(" in readme
         runtime = {

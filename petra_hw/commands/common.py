@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from petra_hw.console import console, errors
@@ -75,3 +78,27 @@ def new_out_dir(out: Path | None, default_base: Path, stem: str) -> Path:
         raise UserError(f"output folder {out} exists and is not empty; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def output_or_nothing(out: Path | None, default_base: Path, stem: str) -> Iterator[Path]:
+    """``new_out_dir`` that leaves nothing behind when the command fails: a folder it created is
+    removed, a user's empty folder is emptied again.  A full disk becomes one line (``DiskFull``)."""
+    from petra_hw.errors import DiskFull, UserError
+    from petra_hw.fsutil import disk_full
+
+    existed = out is not None and out.exists()
+    path = new_out_dir(out, default_base, stem)
+    try:
+        yield path
+    except BaseException as exc:
+        if existed:
+            for child in path.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, UserError) and disk_full(exc, path):
+            raise DiskFull(
+                f"the disk holding {path} is full: free space and run the command again"
+            ) from exc
+        raise

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from petra_hw.commands.common import add_suite_args, new_out_dir
+from petra_hw.commands.common import add_suite_args, output_or_nothing
 from petra_hw.console import console, errors, mb, table
+
+if TYPE_CHECKING:
+    from petra_hw.backend import Backend
+    from petra_hw.pipeline import Pipeline
+    from petra_hw.precision import PrecisionIntent
+    from petra_hw.profiles import Profile
+    from petra_hw.suite import Suite
 
 COLUMNS = [
     "backend", "precision", "p50 ms", "throughput ips", "batch", "size MB", "int8 ops",
@@ -34,8 +42,6 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from petra_hw.backend import choose_backend, float_precision, get_backend
-    from petra_hw.baseline import get_baseline, predict
-    from petra_hw.evaluate import compile_model, judge
     from petra_hw.pipeline import parse_pipeline
     from petra_hw.precision import resolve
     from petra_hw.profiles import check_host, load_profile
@@ -48,7 +54,22 @@ def run(args: argparse.Namespace) -> int:
     intent = resolve(pipeline, float_precision(profile))
     backend = get_backend(choose_backend(profile, intent.precision, args.backend, intent.mode))
     suite = load_suite(args.suite)
-    out = new_out_dir(args.out, Path("reports"), f"compile-{suite.name}")
+    with output_or_nothing(args.out, Path("reports"), f"compile-{suite.name}") as out:
+        return _compile(args, pipeline, profile, intent, backend, suite, out)
+
+
+def _compile(
+    args: argparse.Namespace,
+    pipeline: Pipeline,
+    profile: Profile,
+    intent: PrecisionIntent,
+    backend: Backend,
+    suite: Suite,
+    out: Path,
+) -> int:
+    """Everything that writes into ``out`` (removed by the caller when this fails)."""
+    from petra_hw.baseline import get_baseline, predict
+    from petra_hw.evaluate import compile_model, judge
 
     with console.status(f"baseline for {suite.name} (trained once, then cached)"):
         baseline = get_baseline(suite, args.seed, args.data_dir)

@@ -8,24 +8,29 @@ becomes an ``Evaluation`` with ``error`` and ``error_kind``:
 - ``compile``: no backend of the profile compiles the pipeline's precision, or compiling failed;
 - ``measure``: loading, scoring or timing the artifact failed; ``setup``: the worker could not
   load the suite or baseline.  (``timeout`` and ``crash`` are recorded by the executors.)
+- ``infra``: the environment failed, not the candidate (a full disk, a machine lock that cannot be
+  taken, NNCF's extension set-up); its message starts with ``disk full: `` for a full disk.  Tune
+  stops the run as ``interrupted`` and a resume evaluates the candidate again.
 
 Phases and locks: applying steps and compiling run under a *shared* compute lock; judging
 (quality through the runner, then the profiler's timing) runs under the *exclusive* one, so a
 measurement never overlaps training or compiling in another worker on this machine (see
-``computing`` / ``measuring``).
+``computing`` / ``measuring``).  Time spent waiting for these locks is reported to
+``lock_wait_listener`` so that a local executor's timeout counts only the candidate's compute.
 
 Fault injection for tests: ``PETRA_HW_FAULT`` (read only by ``fault_from_env``, into
 ``EvalContext.fault``) makes every candidate with at least one step fail on purpose:
 ``step`` (raises while applying), ``export`` (raises while compiling), ``nan`` (NaN weights, so a
 training step meets a NaN loss), ``timeout`` (hangs), ``crash`` (the worker is SIGKILLed, as by the
-OOM killer), ``segfault`` (dereferences NULL).  ``KIND@Step`` limits it to pipelines containing
-that step kind, e.g. ``nan@Tr``.  The Original is never faulted: it is the run's reference.
+OOM killer), ``segfault`` (dereferences NULL), ``diskfull`` (raises ENOSPC, as a full disk
+does).  ``KIND@Step`` limits it to pipelines containing that step kind, e.g. ``nan@Tr``.  The Original is never faulted: it is the run's reference.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import logging
@@ -47,6 +52,8 @@ from petra_hw.backend import float_precision
 from petra_hw.baseline import Baseline, predict
 from petra_hw.errors import UserError
 from petra_hw.evaluate import compile_model, judge
+from petra_hw.fsutil import disk_full
+from petra_hw.nncf_extension import ExtensionBuildError
 from petra_hw.pipeline import Pipeline, Step
 from petra_hw.precision import resolve
 from petra_hw.profiler import LOCK_PATH
@@ -66,7 +73,9 @@ from petra_hw.training import (
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "PETRA_HW_FAULT"
-FAULTS = ("step", "export", "nan", "timeout", "crash", "segfault")
+FAULTS = ("step", "export", "nan", "timeout", "crash", "segfault", "diskfull")
+INFRA = "infra"
+DISK_FULL = "disk full: "  # how an infra error caused by a full disk begins
 MODES = ("pretrained", "untrained")
 COMPUTE_LOCK = LOCK_PATH.with_name("petra-hw-compute.lock")
 GATE_LOCK = LOCK_PATH.with_name("petra-hw-gate.lock")
@@ -150,14 +159,39 @@ def _fire(fault: str | None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "segfault":
         ctypes.string_at(0)
+    if fault == "diskfull":
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
 
 # -- locks ---------------------------------------------------------------------------------
+class LockWait(OSError):
+    """A machine-wide lock could not be taken: the environment, not the candidate."""
+
+
+# Called with True when this process starts waiting for a machine-wide lock and False once it
+# holds it; a local worker forwards both to the executor, whose timeout then counts only the
+# candidate's own compute.
+lock_wait_listener: Callable[[bool], None] | None = None
+
+
 @contextlib.contextmanager
 def _flock(path: Path, mode: int) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, mode)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")  # noqa: SIM115 - closed below, after the lock is released
+    except OSError as exc:
+        raise LockWait(exc.errno, f"cannot open the machine lock {path}: {exc.strerror}") from exc
+    with f:
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if lock_wait_listener is not None:
+                lock_wait_listener(True)
+            try:
+                fcntl.flock(f, mode)
+            finally:
+                if lock_wait_listener is not None:
+                    lock_wait_listener(False)
         try:
             yield
         finally:
@@ -295,11 +329,17 @@ def _cut_callback(
 
 
 # -- phases --------------------------------------------------------------------------------
-def _kind(exc: BaseException, phase: str) -> str:
+def _kind(exc: BaseException, phase: str, where: Path | None = None) -> str:
+    """The error kind: ``infra`` for a failure of the environment (full disk, a machine lock, the
+    NNCF extension build), which resume retries; else cut, nan or the phase that failed."""
+    if disk_full(exc, where):
+        return INFRA
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        if isinstance(e, (LockWait, ExtensionBuildError)):
+            return INFRA
         if isinstance(e, CandidateCut):
             return "cut"
         if isinstance(e, TrainingError):
@@ -309,15 +349,17 @@ def _kind(exc: BaseException, phase: str) -> str:
 
 
 @contextlib.contextmanager
-def _phase(phase: str) -> Iterator[None]:
-    """Turn any exception into ``_Failed`` with its kind (keeping ours as they are)."""
+def _phase(phase: str, where: Path | None = None) -> Iterator[None]:
+    """Turn any exception into ``_Failed`` with its kind (keeping ours as they are); ``where``
+    is the folder whose file system a full disk is checked on."""
     try:
         yield
     except _Failed:
         raise
     except Exception as exc:
         log.info("%s failed: %s", phase, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        raise _Failed(_kind(exc, phase), f"{type(exc).__name__}: {exc}") from exc
+        full = DISK_FULL if disk_full(exc, where) else ""
+        raise _Failed(_kind(exc, phase, where), f"{full}{type(exc).__name__}: {exc}") from exc
 
 
 def applied_pipeline(ctx: EvalContext, suite: Suite, pipeline: Pipeline) -> Pipeline:
@@ -406,9 +448,9 @@ def _evaluate(
     fault = _active_fault(ctx.fault, pipeline)
     out_dir = ctx.run_dir / ("references" if candidate.reference else "candidates") / candidate.id
 
-    with computing():
+    with _phase("step", ctx.run_dir), computing():
         t = time.perf_counter()
-        with _phase("step"):
+        with _phase("step", ctx.run_dir):
             from petra_hw.apply import apply
 
             baseline = env.baseline
@@ -434,7 +476,7 @@ def _evaluate(
             raise _Failed("nan", "the compressed model outputs non-finite values")
 
         t = time.perf_counter()
-        with _phase("compile"):
+        with _phase("compile", ctx.run_dir):
             if fault == "export":
                 raise InjectedFault(f"injected export failure ({FAULT_ENV}=export)")
             if out_dir.exists():
@@ -455,7 +497,7 @@ def _evaluate(
         if reference is None:  # untrained mode: parity against this candidate's own FP32 model
             reference = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
 
-    with measuring(), _phase("measure"):
+    with _phase("measure", ctx.run_dir), measuring():
         assessment = judge(artifact, suite, splits, profile, reference)
     timings.update(assessment.timings_s)
     values = [*assessment.quality.values(), assessment.parity.get("max_abs_diff", 0.0)]
@@ -463,9 +505,9 @@ def _evaluate(
         raise _Failed(
             "nan", f"the artifact outputs non-finite values (quality {assessment.quality})"
         )
-    with _phase("measure"):
+    with _phase("measure", ctx.run_dir):
         objectives = objectives_of(assessment, pipeline)
-        measurement = _keep_samples(assessment.measurement, out_dir)
+        measurement = _keep_samples(assessment.measurement, assessment.artifact)
     timings["total_s"] = time.perf_counter() - start
     ev = Evaluation(
         candidate,
@@ -489,12 +531,12 @@ def measured_label(label: str, manifest: dict) -> str:
     return f"{label}+{ran}" if ran and ran != "f32" and not label.startswith(ran) else label
 
 
-def _keep_samples(m, folder: Path) -> dict:
+def _keep_samples(m, artifact) -> dict:
     """Raw timing samples go to ``measurement.json`` beside the artifact's files (thousands of
-    floats per batch size); the evaluation carries the summary and the file's path."""
-    path = folder / SAMPLES_FILE
-    path.write_text(json.dumps(m.to_json(samples=True)))
-    return {**m.to_json(samples=False), "samples_path": str(path)}
+    floats per batch size), listed in its manifest; the evaluation carries the summary and the
+    file's path."""
+    artifact.add_file(SAMPLES_FILE, json.dumps(m.to_json(samples=True)).encode())
+    return {**m.to_json(samples=False), "samples_path": str(artifact.file(SAMPLES_FILE))}
 
 
 def _poisoned(model: nn.Module) -> nn.Module:

@@ -4,7 +4,9 @@ Common interface: ``submit(candidates)`` yields one ``Evaluation`` per candidate
 finishes (in finishing order), ``close()`` releases the workers, and ``context`` (an
 ``EvalContext``) may be replaced between calls (tune does so once the Original's objectives are
 known).  Timeouts and dead workers become evaluations with ``error_kind`` "timeout" / "crash";
-the search goes on.
+the search goes on.  A worker killed by SIGTERM/SIGHUP/SIGINT (the machine, not the candidate) and
+a lock wait longer than ``PETRA_HW_LOCK_WAIT_S`` are ``infra``.  The local executor's timeout
+counts a candidate's own compute: its worker reports lock waits, which are not counted.
 
 ``LocalExecutor`` keeps its own spawned worker processes rather than a ProcessPoolExecutor: a
 pool can neither kill one overrunning task nor survive a segfault without failing every task in
@@ -31,12 +33,15 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
-from petra_hw.search.evaluator import EvalContext, evaluate_candidate
+from petra_hw.search.evaluator import INFRA, EvalContext, evaluate_candidate
 from petra_hw.search.types import Candidate, Evaluation
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0
+LOCK_WAIT_LIMIT_S = float(os.environ.get("PETRA_HW_LOCK_WAIT_S", 6 * 3600))
+LOCK_MESSAGE = "petra-hw:lock-wait"
+_MACHINE_SIGNALS = {-signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT}
 
 
 class Executor(Protocol):
@@ -75,6 +80,11 @@ def _worker_main(conn: Connection, parent_pid: int) -> None:
     _die_with_parent()
     if os.getppid() != parent_pid:
         return
+    from petra_hw.search import evaluator
+
+    # Tell the executor when this worker waits for a machine-wide lock: that time is not the
+    # candidate's, so the per-candidate timeout does not count it.
+    evaluator.lock_wait_listener = lambda waiting: conn.send((LOCK_MESSAGE, waiting))
     while True:
         try:
             task = conn.recv()
@@ -95,6 +105,30 @@ class _Worker:
     conn: Connection
     task: Candidate | None = None
     started: float = 0.0
+    waited: float = 0.0  # seconds this task spent waiting for machine-wide locks
+    waiting_since: float | None = None  # monotonic time the current lock wait began
+
+    def start(self, task: Candidate) -> None:
+        self.task, self.started, self.waited, self.waiting_since = task, time.monotonic(), 0.0, None
+
+    def lock_wait(self, waiting: bool) -> None:
+        now = time.monotonic()
+        if waiting:
+            self.waiting_since = now
+        elif self.waiting_since is not None:
+            self.waited += now - self.waiting_since
+            self.waiting_since = None
+
+    def own_elapsed(self, now: float) -> float:
+        """Seconds of the task's own compute: lock waits excluded."""
+        waiting = now - self.waiting_since if self.waiting_since is not None else 0.0
+        return now - self.started - self.waited - waiting
+
+    def deadline(self, timeout_s: float) -> float:
+        """When this task times out (its compute) or its lock wait counts as an infra failure."""
+        if self.waiting_since is not None:
+            return self.waiting_since + LOCK_WAIT_LIMIT_S
+        return self.started + self.waited + timeout_s
 
 
 class LocalExecutor:
@@ -150,10 +184,10 @@ class LocalExecutor:
                 if w.task is None and pending:
                     if not w.process.is_alive():
                         w = self._replace(w)
-                    w.task, w.started = pending.popleft(), time.monotonic()
+                    w.start(pending.popleft())
                     w.conn.send((w.task, self.context))
             busy = [w for w in self._workers if w.task is not None]
-            deadline = min(w.started for w in busy) + self.timeout_s
+            deadline = min(w.deadline(self.timeout_s) for w in busy)
             waitables = [o for w in busy for o in (w.conn, w.process.sentinel)]
             ready = set(wait(waitables, timeout=max(0.0, deadline - time.monotonic())))
             for w in busy:
@@ -163,26 +197,44 @@ class LocalExecutor:
 
     def _collect(self, w: _Worker, ready: set) -> Evaluation | None:
         """The worker's Evaluation if it finished, a crash or timeout if it died or overran."""
-        candidate, elapsed = w.task, time.monotonic() - w.started
+        candidate = w.task
         assert candidate is not None
+        broken = False
         if w.conn in ready:
             try:
-                ev = w.conn.recv()
+                while w.conn.poll():
+                    message = w.conn.recv()
+                    if isinstance(message, tuple) and message[:1] == (LOCK_MESSAGE,):
+                        w.lock_wait(bool(message[1]))
+                        continue
+                    w.task = None
+                    return message
             except (EOFError, OSError):
-                ev = None
-            if ev is not None:
-                w.task = None
-                return ev
-        if w.conn in ready or w.process.sentinel in ready:
+                broken = True
+        now = time.monotonic()
+        elapsed = now - w.started
+        if broken or w.process.sentinel in ready:
             dead = w.process
             self._replace(w)  # kill its group before reaping it: the pgid cannot be reused yet
             reason = _exit_reason(dead.exitcode)
             log.info("worker evaluating %s died (%s)", candidate.id, reason)
-            return failed(candidate, "crash", f"worker died: {reason}", elapsed)
-        if elapsed >= self.timeout_s:
+            # SIGTERM/SIGHUP/SIGINT come from the machine or its operator, not the candidate
+            kind = INFRA if dead.exitcode in _MACHINE_SIGNALS else "crash"
+            return failed(candidate, kind, f"worker died: {reason}", elapsed)
+        if w.waiting_since is not None and now - w.waiting_since >= LOCK_WAIT_LIMIT_S:
+            self._replace(w)
+            message = f"waited {LOCK_WAIT_LIMIT_S:g} s for the machine-wide lock"
+            return failed(candidate, INFRA, message, elapsed)
+        if w.waiting_since is None and w.own_elapsed(now) >= self.timeout_s:
             log.info("candidate %s timed out after %.0f s", candidate.id, elapsed)
             self._replace(w)
-            return failed(candidate, "timeout", f"timed out after {self.timeout_s:g} s", elapsed)
+            return failed(
+                candidate,
+                "timeout",
+                f"timed out after {self.timeout_s:g} s of its own compute "
+                f"({w.waited:.0f} s waiting for the machine lock not counted)",
+                elapsed,
+            )
         return None
 
     def close(self) -> None:

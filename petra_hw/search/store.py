@@ -13,20 +13,23 @@ reports and resume query directly.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from petra_hw.errors import UserError
+from petra_hw.errors import DiskFull, UserError
+from petra_hw.fsutil import disk_full
 from petra_hw.search.types import Evaluation
 
 SCHEMA_VERSION = 2  # 2: the references table
+T = TypeVar("T")
 JOURNAL_NAME = "journal.sqlite"
 
 _SCHEMA = """
@@ -118,6 +121,17 @@ class HypervolumePoint:
     elapsed_s: float
 
 
+def _read(method: Callable[..., T]) -> Callable[..., T]:
+    """A read of the journal: a damaged file or row becomes one clear refusal."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
+        with self.guard(decoding=True):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _number(value: Any) -> float | None:
     """A finite float for an indexed column, else NULL (SQLite has no NaN)."""
     try:
@@ -134,30 +148,66 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            self._open()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _open(self) -> None:
+        """Pragmas, an integrity check and the schema; a damaged file is one clear refusal."""
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise UserError(
-                f"journal {self.path} has schema {version}; this petra-hw reads up to {SCHEMA_VERSION}"
+        with self.guard():
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            problems = [r[0] for r in self._conn.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError(problems[0])
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise UserError(
+                    f"journal {self.path} has schema {version}; this petra-hw reads up to "
+                    f"{SCHEMA_VERSION}"
+                )
+            # executescript commits any open transaction first, so the script carries its own.
+            self._conn.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
-        # executescript commits any open transaction first, so the script carries its own.
-        self._conn.executescript(
-            f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
-        )
+
+    @contextmanager
+    def guard(self, decoding: bool = False) -> Iterator[None]:
+        """SQLite failures as one line: a full disk (``DiskFull``) or a damaged journal; with
+        ``decoding`` also rows that do not decode (JSON, missing fields)."""
+        kinds: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
+        if decoding:
+            kinds += (json.JSONDecodeError, KeyError, TypeError, ValueError)
+        try:
+            yield
+        except UserError:
+            raise
+        except kinds as exc:
+            if "full" in str(exc) or disk_full(exc, self.path):
+                raise DiskFull(
+                    f"the disk holding {self.path.parent} is full: free space, then --resume"
+                ) from exc
+            raise UserError(
+                f"journal {self.path} is damaged or not a petra-hw journal "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One committed transaction (BEGIN IMMEDIATE: take the write lock up front)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        with self.guard():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def close(self) -> None:
         self._conn.close()
@@ -203,10 +253,12 @@ class Store:
             )
         return run_id
 
+    @_read
     def runs(self) -> list[RunRecord]:
         rows = self._conn.execute("SELECT * FROM runs ORDER BY created").fetchall()
         return [self._run(r) for r in rows]
 
+    @_read
     def get_run(self, run_id: str) -> RunRecord:
         row = self._conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         if row is None:
@@ -249,7 +301,9 @@ class Store:
     def add_evaluation(self, run_id: str, ev: Evaluation) -> bool:
         """Journal one finished evaluation (committed and fsynced before returning).
 
-        Returns False, writing nothing, when this candidate is already journaled for the run.
+        Returns False, writing nothing, when this candidate is already journaled for the run,
+        unless that entry is an ``infra`` failure (the environment's, not the candidate's): a
+        resumed run's retry replaces it.
         """
         data = ev.to_json()
         with self._tx() as c:
@@ -259,7 +313,13 @@ class Store:
                 " objectives, data, created)"
                 " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?,?,?,?,?,?,?,?,?,?,?,?,?"
                 " FROM evaluations WHERE run_id=?"
-                " ON CONFLICT (run_id, candidate_id) DO NOTHING",
+                " ON CONFLICT (run_id, candidate_id) DO UPDATE SET"
+                " generation=excluded.generation, error=excluded.error,"
+                " error_kind=excluded.error_kind, feasible=excluded.feasible,"
+                " quality_val=excluded.quality_val, latency_ms=excluded.latency_ms,"
+                " throughput_ips=excluded.throughput_ips, size_bytes=excluded.size_bytes,"
+                " objectives=excluded.objectives, data=excluded.data, created=excluded.created"
+                " WHERE evaluations.error_kind = 'infra'",
                 (
                     run_id,
                     ev.candidate.id,
@@ -278,6 +338,7 @@ class Store:
             c.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
             return cur.rowcount == 1
 
+    @_read
     def evaluations(self, run_id: str) -> list[Evaluation]:
         """A run's evaluations in the order they finished."""
         rows = self._conn.execute(
@@ -285,6 +346,7 @@ class Store:
         ).fetchall()
         return [Evaluation.from_json(json.loads(r["data"])) for r in rows]
 
+    @_read
     def evaluated_ids(self, run_id: str) -> set[str]:
         rows = self._conn.execute(
             "SELECT candidate_id FROM evaluations WHERE run_id=?", (run_id,)
@@ -325,6 +387,7 @@ class Store:
                 (run_id, generation, json.dumps(state, sort_keys=True), time.time()),
             )
 
+    @_read
     def load_state(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
         """The latest snapshot as (generation, state), or None before the first generation."""
         row = self._conn.execute(
@@ -345,6 +408,7 @@ class Store:
                 (run_id, evaluations, generation, float(value), float(elapsed_s), time.time()),
             )
 
+    @_read
     def hypervolume(self, run_id: str) -> list[HypervolumePoint]:
         rows = self._conn.execute(
             "SELECT evaluations, generation, value, elapsed_s FROM hypervolume WHERE run_id=?"

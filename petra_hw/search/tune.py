@@ -19,6 +19,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from petra_hw.errors import UserError
+from petra_hw.errors import DiskFull, UserError
+from petra_hw.fsutil import disk_full
 from petra_hw.pipeline import Pipeline
 from petra_hw.search.evaluator import (
+    DISK_FULL,
+    INFRA,
     MODES,
     CutRule,
     EvalContext,
@@ -39,6 +43,7 @@ from petra_hw.search.evaluator import (
 )
 from petra_hw.search.executors import DEFAULT_TIMEOUT_S, Executor, make_executor
 from petra_hw.search.objectives import KNOWN_OBJECTIVES, QUALITY, ObjectiveConfig, Objectives
+from petra_hw.search.runlock import RunLock
 from petra_hw.search.store import JOURNAL_NAME, Store
 from petra_hw.search.types import Candidate, Evaluation
 
@@ -48,6 +53,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BASELINE_WEIGHTS = "baseline.pt"
+
+
+class _InfraStop(Exception):
+    """An evaluation failed for a reason of the environment (``infra``): the run stops."""
+
+
 ORIGINAL = Pipeline.make()
 
 
@@ -215,20 +226,25 @@ def tune(
         seed_everything(settings.seed)
         model = suite.build_model()
     run_dir = _new_run_dir(Path(out), f"{suite.name}-{profile.name}").resolve()
-    torch.save(model.state_dict(), run_dir / BASELINE_WEIGHTS)
-    store = Store(run_dir / JOURNAL_NAME)
-    try:
-        store.create_run(
-            run_dir.name,
-            suite=suite.name,
-            profile=profile.name,
-            strategy=settings.strategy,
-            seed=settings.seed,
-            settings=settings.to_json(),
-            fingerprint=fingerprint(),
-        )
-    finally:
-        store.close()
+    try:  # a run folder is complete (weights + journal) or not there at all
+        torch.save(model.state_dict(), run_dir / BASELINE_WEIGHTS)
+        with Store(run_dir / JOURNAL_NAME) as store:
+            store.create_run(
+                run_dir.name,
+                suite=suite.name,
+                profile=profile.name,
+                strategy=settings.strategy,
+                seed=settings.seed,
+                settings=settings.to_json(),
+                fingerprint=fingerprint(),
+            )
+    except BaseException as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(exc, Exception) and disk_full(exc, run_dir.parent):
+            raise DiskFull(
+                f"the disk holding {out} is full: free space and run tune again"
+            ) from exc
+        raise
     return _Session(run_dir, progress).run()
 
 
@@ -253,10 +269,27 @@ class _Session:
     def __init__(
         self, run_dir: Path, progress: Callback | None, overrides: dict | None = None
     ) -> None:
+        self._overrides = overrides
         self.run_dir = run_dir
         self.run_id = run_dir.name
         self.progress = progress
-        self.store = Store(run_dir / JOURNAL_NAME)
+        self.lock = RunLock(run_dir)  # one process per run: a second one is refused here
+        try:
+            self.store = Store(run_dir / JOURNAL_NAME)
+        except BaseException:
+            self.lock.release()
+            raise
+        try:
+            self._load()
+        except BaseException:
+            self.store.close()
+            self.lock.release()
+            raise
+        self.lock.reserve()  # room to record "interrupted" should the disk fill up
+
+    def _load(self) -> None:
+        """The run's settings and journal; ``infra`` failures are not kept: resume retries them."""
+        overrides = self._overrides
         record = self.store.get_run(self.run_id)
         self.settings = dataclasses.replace(
             TuneSettings.from_json(record.settings), **(overrides or {})
@@ -265,7 +298,9 @@ class _Session:
         self.references_s = float(record.stats.get("references_s", 0.0))
         self.references = {e.candidate.reference: e for e in self.store.references(self.run_id)}
         self.sessions = list(record.stats.get("sessions", []))
-        self.journal = {e.candidate.id: e for e in self.store.evaluations(self.run_id)}
+        self.journal = {
+            e.candidate.id: e for e in self.store.evaluations(self.run_id) if e.error_kind != INFRA
+        }
         self.started = time.monotonic()
         self.started_at = time.time()
         self.evaluated = 0
@@ -372,6 +407,10 @@ class _Session:
         for ev in executor.submit(todo):
             if not self.store.add_evaluation(self.run_id, ev):
                 log.warning("candidate %s was already journaled", ev.candidate.id)
+            if ev.error_kind == INFRA:  # the environment failed, not the candidate: stop here
+                if (ev.error or "").startswith(DISK_FULL):
+                    raise DiskFull(ev.error)
+                raise _InfraStop(f"{ev.candidate.pipeline}: {ev.error}")
             self.journal[ev.candidate.id] = ev
             self.evaluated += 1
             self.store.update_stats(self.run_id, **self._stats())
@@ -403,6 +442,15 @@ class _Session:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> TuneResult:
+        try:
+            return self._run()
+        except (_InfraStop, DiskFull) as exc:
+            raise self._interrupted(exc) from None
+        finally:
+            self.store.close()
+            self.lock.release()
+
+    def _run(self) -> TuneResult:
         from petra_hw.profiles import check_host, load_profile
         from petra_hw.suite import load_suite
 
@@ -435,14 +483,36 @@ class _Session:
         except KeyboardInterrupt:
             self.store.set_status(self.run_id, "interrupted")
             raise
+        except (_InfraStop, DiskFull):
+            raise  # the environment failed: interrupted (see run), never "failed"
         except BaseException:
             self.store.set_status(self.run_id, "failed")
             raise
         finally:
             executor.close()
-            self.store.update_stats(self.run_id, **self._stats())
-            self.store.close()
+            try:
+                self.store.update_stats(self.run_id, **self._stats())
+            except DiskFull:
+                log.info("run %s: stats not updated (disk full)", self.run_id)
         return result
+
+    def _interrupted(self, exc: Exception) -> UserError:
+        """Mark the run interrupted after a failure of the environment and say how to go on."""
+        full = isinstance(exc, DiskFull) or disk_full(exc, self.run_dir)
+        try:
+            if full:  # room for the status update, on a fresh connection (SQLite gave up on this)
+                self.lock.release_reserve()
+                self.store.close()
+                self.store = Store(self.run_dir / JOURNAL_NAME)
+            self.store.set_status(self.run_id, "interrupted")
+        except DiskFull:
+            log.info("run %s: status not updated (disk full)", self.run_id)
+        fix = "free space" if full else "fix it"
+        what = f"the disk holding {self.run_dir} is full" if full else f"environment failure: {exc}"
+        return (DiskFull if full else UserError)(
+            f"{what}; run {self.run_id} is interrupted: {fix}, then "
+            f"petra-hw tune --resume {self.run_dir}"
+        )
 
     def _search(self, executor: Executor, profile) -> TuneResult:
         from petra_hw.search.selection import pareto_front

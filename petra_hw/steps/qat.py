@@ -145,7 +145,10 @@ def _quantize(model: nn.Module, ctx: StepContext) -> nn.Module:
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+    from petra_hw import nncf_extension
+
     nncf.set_log_level(logging.WARNING)  # NNCF logs INFO to its own handler by default
+    nncf_extension.prepare()  # build NNCF's C++ extension under control, or use its reference
 
     calib = ctx.splits.calib
     batches = [calib.x[i : i + CALIB_BATCH] for i in range(0, len(calib), CALIB_BATCH)]
