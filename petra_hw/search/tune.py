@@ -420,7 +420,8 @@ class _Session:
 
     def _build_references(self, executor: Executor, profile, space) -> None:
         """Peers and the training control, each journaled as it finishes; those already in the
-        journal (a resumed run) are not rebuilt.  A failed one is kept with its reason."""
+        journal (a resumed run) are not rebuilt.  A failed one is kept with its reason, unless
+        the environment failed (``infra``): then the run stops and resume builds it again."""
         from petra_hw.references import control_epochs, reference_candidates
 
         todo = [
@@ -433,6 +434,10 @@ class _Session:
         t = time.monotonic()
         try:
             for ev in executor.submit(todo):
+                if ev.error_kind == INFRA:  # the environment's failure: rebuilt on resume
+                    if (ev.error or "").startswith(DISK_FULL):
+                        raise DiskFull(ev.error)
+                    raise _InfraStop(f"reference {ev.candidate.reference}: {ev.error}")
                 self.store.add_reference(self.run_id, ev)
                 self.references[ev.candidate.reference] = ev
                 self._report(ev)
