@@ -48,7 +48,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from petra_hw.artifact import InputSpec
 from petra_hw.pipeline import Pipeline, Step
-from petra_hw.precision import QUANT_KINDS
 from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
 from petra_hw.steps.finetune import fit
 
@@ -63,10 +62,10 @@ _FOLDABLE = {nn.BatchNorm1d: (nn.Conv1d, nn.Linear), nn.BatchNorm2d: (nn.Conv2d,
 def step_roles(pipeline: Pipeline) -> tuple[str, ...]:
     """The role of each step (``run``, ``deferred`` or ``fake_quant``), as the docstring defines."""
     roles = [RUN] * len(pipeline)
-    quant = [i for i, s in enumerate(pipeline.steps) if s.kind in QUANT_KINDS]
+    quant = [i for i, s in enumerate(pipeline.steps) if s.spec.quantizes]
     if quant:
         last = quant[-1]
-        if pipeline.steps[last].kind != "QAT":
+        if pipeline.steps[last].spec.deferred:
             roles[last] = DEFERRED
         elif last == len(pipeline) - 1:
             roles[last] = FAKE_QUANT
