@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from petra_hw.artifact import Artifact, write_artifact
-from petra_hw.backend import CompileRequest
+from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.onnx_export import export_onnx
 from petra_hw.profiles import Profile
 
@@ -81,7 +81,7 @@ def _transform(src: Path, dst: Path, request: CompileRequest) -> dict[str, objec
         if not request.profile.is_gpu:
             raise ValueError("onnxruntime fp16 is compiled for GPU profiles only")
         return {"fp16": q.to_fp16(src, dst)}
-    mode = str(request.option("int8_mode", "static") or "static")
+    mode = request.intent.mode
     if mode == "static":
         return {"quantization": q.quantize_static_qdq(src, dst, request)}
     if mode == "dynamic":
@@ -93,7 +93,7 @@ def _transform(src: Path, dst: Path, request: CompileRequest) -> dict[str, objec
     raise ValueError(f"unknown int8_mode {mode!r} (static, dynamic, qat)")
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BaseBackend):
     name = "onnxruntime"
     precisions = ("fp32", "int8", "fp16")
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from backends.common import backend_settings
 from petra_hw.artifact import Artifact, write_artifact
-from petra_hw.backend import CompileRequest
+from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.errors import UserError
 from petra_hw.onnx_export import export_onnx
 from petra_hw.profiles import Profile
@@ -95,7 +95,7 @@ def _nncf_quantize(model, request: CompileRequest, settings: dict[str, object]):
 
     nncf.set_log_level(logging.WARNING)  # NNCF logs INFO to its own handler by default
 
-    calibration = str(request.option("calibration", "minmax") or "minmax")
+    calibration = request.intent.calibration
     # NNCF has no KL-entropy calibrator; its histogram search is the closest kin.
     ranges = {
         "minmax": Ranges.MINMAX,
@@ -135,7 +135,7 @@ def _prepare(model, request: CompileRequest, settings: dict[str, object]):
     """The IR at the request's precision, plus what to record about its quantization."""
     if request.precision != "int8":
         return model, {}
-    mode = str(request.option("int8_mode", "static") or "static")
+    mode = request.intent.mode
     if mode == "static":
         return _nncf_quantize(model, request, settings)
     if mode == "qat":
@@ -166,8 +166,9 @@ class OvRunner:
         """``infer`` is synchronous; nothing to wait for."""
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(BaseBackend):
     name = "openvino"
+    int8_modes = ("static", "qat")  # no dynamic quantization: PDQ goes to onnxruntime
 
     @property
     def precisions(self) -> tuple[str, ...]:

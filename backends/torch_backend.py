@@ -19,7 +19,7 @@ from torch import nn
 
 from backends.common import backend_settings
 from petra_hw.artifact import Artifact, write_artifact
-from petra_hw.backend import CompileRequest
+from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.profiles import Profile
 
 MODEL_FILE = "model.pt2"
@@ -84,7 +84,7 @@ def wants_cuda_graphs(request: CompileRequest) -> bool:
     return bool(request.option("cuda_graphs", default))
 
 
-class TorchBackend:
+class TorchBackend(BaseBackend):
     name = "torch"
     precisions = ("fp32", "fp16")
 

@@ -139,11 +139,3 @@ def read_artifact(path: str | Path, verify: bool = True) -> Artifact:
         if verify and sha256_file(target) != digest:
             raise ArtifactError(f"artifact {folder}: {name} does not match its sha256 (tampered?)")
     return Artifact(folder, manifest)
-
-
-def load_runner(path: str | Path, profile=None):
-    """Verify and load an artifact with the backend that compiled it."""
-    from petra_hw.backend import get_backend
-
-    artifact = read_artifact(path)
-    return get_backend(artifact.backend).load(artifact, profile)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from petra_hw.artifact import Artifact, InputSpec, read_artifact
-from petra_hw.backend import CompileRequest, get_backend
+from petra_hw.backend import CompileRequest, get_backend, load_runner
+from petra_hw.precision import PrecisionIntent
 from petra_hw.profiler import Measurement, measure, measure_fresh_process
 from petra_hw.profiles import Profile
 from petra_hw.quality import parity, runner_outputs
@@ -64,14 +65,15 @@ def compile_model(
     splits: Splits,
     profile: Profile,
     backend: str,
-    precision: str,
+    intent: PrecisionIntent | str,
     out_dir: Path,
     pipeline: dict | None = None,
     options: dict | None = None,
 ) -> Artifact:
-    """Compile ``model`` with ``backend`` at ``precision`` into ``out_dir`` (calib split for INT8)."""
+    """Compile ``model`` with ``backend`` for ``intent`` (a bare precision means its default
+    intent, e.g. int8 static) into ``out_dir``, calibrating on the calib split."""
     request = CompileRequest(
-        precision=precision,
+        intent=intent if isinstance(intent, PrecisionIntent) else PrecisionIntent(intent),
         out_dir=Path(out_dir),
         input_spec=input_spec(suite),
         profile=profile,
@@ -95,7 +97,7 @@ def judge(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     artifact = read_artifact(artifact.path)  # verify hashes, as a deployment would
-    runner = get_backend(artifact.backend).load(artifact, profile)
+    runner = load_runner(artifact, profile)
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
     outputs = {name: runner_outputs(runner, splits.by_name(name).x) for name in quality_splits}

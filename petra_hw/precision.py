@@ -12,6 +12,7 @@ Quantization steps that are not last act on the torch model as described in
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,26 +22,38 @@ if TYPE_CHECKING:
     from petra_hw.profiles import Profile
 
 
+INT8_MODES = ("static", "dynamic", "qat")
+
+
 @dataclass(frozen=True)
 class PrecisionIntent:
+    """What to deploy: the contract a ``CompileRequest`` carries to every backend.
+
+    ``mode`` matters for int8 only (default ``static``); ``calibration`` for int8 static only."""
+
     precision: str  # "fp32" | "fp16" | "int8" | "bf16"
     mode: str = ""  # for int8: "static" | "dynamic" | "qat"
     calibration: str = "minmax"
 
-    def options(self) -> dict[str, object]:
-        return (
-            {"int8_mode": self.mode, "calibration": self.calibration}
-            if self.precision == "int8"
-            else {}
-        )
+    def __post_init__(self) -> None:
+        if self.precision == "int8" and not self.mode:
+            object.__setattr__(self, "mode", "static")
+        if self.mode and (self.precision != "int8" or self.mode not in INT8_MODES):
+            raise ValueError(f"int8 mode {self.mode!r} with precision {self.precision!r}")
 
     def label(self) -> str:
         return f"{self.precision}-{self.mode}" if self.mode else self.precision
 
 
-def float_precision(profile: Profile) -> str:
-    """What a pipeline without quantization deploys at: fp16 on GPUs that run it, else fp32."""
-    return "fp16" if profile.is_gpu and "fp16" in profile.precisions else "fp32"
+def float_precision(device_kind: str, precisions: Collection[str]) -> str:
+    """What a pipeline without quantization deploys at on a device of this kind (``cpu`` or
+    ``gpu``) running these precisions: fp16 on GPUs that run it, else fp32."""
+    return "fp16" if device_kind == "gpu" and "fp16" in precisions else "fp32"
+
+
+def deployed_intent(pipeline: Pipeline, profile: Profile) -> PrecisionIntent:
+    """``resolve`` on a profile: the intent ``pipeline`` deploys at there."""
+    return resolve(pipeline, float_precision(profile.device_kind, profile.precisions))
 
 
 def resolve(pipeline: Pipeline, float_precision: str = "fp32") -> PrecisionIntent:

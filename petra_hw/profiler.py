@@ -307,10 +307,10 @@ def _gpu_record(gpu: dict, sampler: NvmlSampler, batch: int, calls: int) -> dict
 def measure_artifact(artifact_path: str | Path, profile: Profile, seed: int = 0) -> Measurement:
     """Load an artifact and measure it in this process."""
     from petra_hw.artifact import read_artifact
-    from petra_hw.backend import get_backend
+    from petra_hw.backend import load_runner
 
     artifact = read_artifact(artifact_path)
-    runner = get_backend(artifact.backend).load(artifact, profile)
+    runner = load_runner(artifact, profile)
     return measure(
         runner,
         artifact.input_spec.sample_shape(1)[1:],

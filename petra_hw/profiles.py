@@ -56,6 +56,8 @@ class Profile:
     nvml: bool = False
     source: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The optional ``[backend]`` tables (compiler settings that depend on the device), by backend.
+    backend_settings: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def is_gpu(self) -> bool:
@@ -106,11 +108,21 @@ def _parse(path: Path) -> Profile:
             match=MatchRule(**data.get("match", {})),
             nvml=bool(data.get("nvml", False)),
             source=str(path),
+            backend_settings=_backend_tables(data),
         )
     except KeyError as exc:
         raise UserError(f"profile {path}: missing key {exc}") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"profile {path}: {exc}") from None
+
+
+def _backend_tables(data: dict) -> dict[str, dict[str, object]]:
+    """The ``[backend]`` tables, read once with the profile (backends never re-read the TOML)."""
+    return {
+        k: dict(v)
+        for k, v in data.items()
+        if isinstance(v, dict) and k not in ("measurement", "match")
+    }
 
 
 def load_profile(name_or_path: str) -> Profile:

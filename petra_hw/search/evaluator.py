@@ -43,12 +43,12 @@ import torch
 from torch import nn
 
 from petra_hw.backend import choose_backend as _choose_backend
-from petra_hw.backend import float_precision
 from petra_hw.baseline import Baseline, predict
 from petra_hw.errors import UserError
 from petra_hw.evaluate import compile_model, judge
 from petra_hw.pipeline import Pipeline, Step
-from petra_hw.precision import resolve
+from petra_hw.plugins import load_plugins
+from petra_hw.precision import PrecisionIntent, deployed_intent
 from petra_hw.profiler import LOCK_PATH
 from petra_hw.profiles import Profile, load_profile
 from petra_hw.search.objectives import ObjectiveConfig, Objectives
@@ -115,6 +115,7 @@ class EvalContext:
     prefix_reuse: bool = True  # False: every candidate recomputes its whole pipeline
     train_threads: int = 0  # torch threads for training in this worker (0: leave as is)
     fault: str | None = None
+    plugins: tuple[str, ...] = ()  # imported first in every process (petra_hw.plugins)
 
 
 def fault_from_env() -> str | None:
@@ -231,12 +232,10 @@ def _prefix_cache(env: _Env, ctx: EvalContext, fault: str | None):
     return env.caches[ctx.run_dir]
 
 
-def choose_backend(
-    profile: Profile, precision: str, pinned: str | None = None, mode: str = ""
-) -> str:
+def choose_backend(profile: Profile, intent: PrecisionIntent, pinned: str | None = None) -> str:
     """``petra_hw.backend.choose_backend``, with the refusal recorded as a compile error."""
     try:
-        return _choose_backend(profile, precision, pinned, mode)
+        return _choose_backend(profile, intent, pinned)
     except UserError as exc:
         raise _Failed("compile", str(exc)) from None
 
@@ -246,7 +245,7 @@ def deployable_precisions(profile: Profile, pinned: str | None = None) -> tuple[
     usable = []
     for precision in profile.precisions:
         try:
-            choose_backend(profile, precision, pinned)
+            choose_backend(profile, PrecisionIntent(precision), pinned)
         except _Failed:
             continue
         usable.append(precision)
@@ -383,14 +382,15 @@ def _evaluate(
 ) -> Evaluation:
     start = time.perf_counter()
     with _phase("setup"):
+        load_plugins(ctx.plugins)  # a spawned worker or Ray task has not imported them yet
         env = _load_env(ctx)
     if ctx.train_threads:
         torch.set_num_threads(ctx.train_threads)
     suite, profile, splits = env.suite, env.profile, env.baseline.splits
     pipeline = candidate.pipeline
-    intent = resolve(pipeline, float_precision(profile))
+    intent = deployed_intent(pipeline, profile)
     state["precision"] = intent.label()
-    backend = choose_backend(profile, intent.precision, ctx.backend, intent.mode)
+    backend = choose_backend(profile, intent, ctx.backend)
     state["backend"] = backend
     fault = _active_fault(ctx.fault, pipeline)
     out_dir = ctx.run_dir / "candidates" / candidate.id
@@ -434,10 +434,9 @@ def _evaluate(
                 splits,
                 profile,
                 backend,
-                intent.precision,
+                intent,
                 out_dir,
                 pipeline=pipeline.to_json(),
-                options=intent.options(),
             )
         timings["compile_s"] = time.perf_counter() - t
         reference = env.reference_outputs
