@@ -50,6 +50,7 @@ from petra_hw.search.types import Candidate, Evaluation
 
 if TYPE_CHECKING:
     from petra_hw.profiles import Profile
+    from petra_hw.search.space import SearchSpace
     from petra_hw.search.strategy import Target
 
 log = logging.getLogger(__name__)
@@ -167,9 +168,10 @@ class TuneSettings:
         objectives: ObjectiveConfig,
         baseline_weights: Path | None = None,
         backend: str | None = None,
-        reference: Evaluation | None = None,
     ) -> EvalContext:
-        """What a worker needs to evaluate this run's candidates (``backend`` overrides the pin)."""
+        """What a worker needs to evaluate this run's candidates (``backend`` overrides the pin).
+
+        The loop adds the Original's evaluation (``reference``) once it is measured."""
         return EvalContext(
             suite=self.suite,
             profile=self.device,
@@ -180,13 +182,14 @@ class TuneSettings:
             mode=self.mode,
             backend=backend or self.backend,
             objectives=objectives,
-            reference=reference,
             cut=CutRule(),
             fault=fault_from_env(),
             plugins=self.plugins,
         )
 
-    def search_space(self, profile: Profile, suite_space: dict[str, Any] | None = None):
+    def search_space(
+        self, profile: Profile, suite_space: dict[str, Any] | None = None
+    ) -> SearchSpace:
         """The run's space: the journaled spec as is; for a new run the given spec (``space``,
         else the suite's) on the kinds whose precision an available backend compiles here."""
         from petra_hw.search.space import SearchSpace
