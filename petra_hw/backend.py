@@ -101,13 +101,10 @@ class BaseBackend:
 
     def supports(self, intent: PrecisionIntent, profile: Profile) -> str | None:
         if intent.precision not in self.precisions:
-            return (
-                f"backend '{self.name}' cannot compile {intent.precision} "
-                f"(it compiles {', '.join(self.precisions)})"
-            )
+            return f"cannot compile {intent.precision} (it compiles {', '.join(self.precisions)})"
         if intent.precision == "int8" and intent.mode not in self.int8_modes:
             return (
-                f"backend '{self.name}' cannot compile int8 {intent.mode} quantization "
+                f"cannot compile int8 {intent.mode} quantization "
                 f"(it compiles {', '.join(self.int8_modes)})"
             )
         return self.available(profile)
@@ -162,7 +159,9 @@ def check_supported(backend: Backend, profile: Profile, intent: PrecisionIntent 
         )
     reason = backend.supports(intent, profile)
     if reason:
-        raise UserError(f"backend '{backend.name}' cannot serve {intent.label()} here: {reason}")
+        raise UserError(
+            f"backend '{backend.name}' is not available here for {intent.label()}: {reason}"
+        )
 
 
 def choose_backend(profile: Profile, intent: PrecisionIntent, pinned: str | None = None) -> str:
