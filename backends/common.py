@@ -2,7 +2,7 @@
 
 A profile TOML may carry an optional table per backend (``[onnxruntime]``, ``[openvino]``) with
 compiler settings that depend on the device (quantization types, performance hint); the profile
-parses them (``Profile.backend_settings``) and backends read their own table here.
+parses them (``DeviceProfile.backend_settings``) and backends read their own table here.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 from petra_hw.suite import Split
 
 # Instructions that give x86 int8 dot products without the u8*s8 16-bit saturation of AVX2.
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def backend_settings(profile: Profile | None, backend: str) -> dict[str, object]:
+def backend_settings(profile: DeviceProfile | None, backend: str) -> dict[str, object]:
     """The profile's optional ``[backend]`` table (empty when the profile has none)."""
     return {} if profile is None else dict(profile.backend_settings.get(backend, {}))
 

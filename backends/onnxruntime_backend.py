@@ -19,7 +19,7 @@ from torch import nn
 from petra_hw.artifact import Artifact, write_artifact
 from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.onnx_export import export_onnx
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 
 MODEL_FILE = "model.onnx"
 
@@ -36,7 +36,7 @@ class OrtRunner:
         """session.run returns after the device work completes; nothing to wait for."""
 
 
-def providers_for(profile: Profile | None) -> list[str]:
+def providers_for(profile: DeviceProfile | None) -> list[str]:
     return (
         ["CUDAExecutionProvider"]
         if profile is not None and profile.is_gpu
@@ -44,7 +44,7 @@ def providers_for(profile: Profile | None) -> list[str]:
     )
 
 
-def session_options(profile: Profile | None):
+def session_options(profile: DeviceProfile | None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -56,7 +56,7 @@ def session_options(profile: Profile | None):
     return opts
 
 
-def make_session(path: str, profile: Profile | None):
+def make_session(path: str, profile: DeviceProfile | None):
     """Create a session and refuse a silent fall-back from the CUDA provider to the CPU."""
     import onnxruntime as ort
 
@@ -97,7 +97,7 @@ class OnnxRuntimeBackend(BaseBackend):
     name = "onnxruntime"
     precisions = ("fp32", "int8", "fp16")
 
-    def available(self, profile: Profile) -> str | None:
+    def available(self, profile: DeviceProfile) -> str | None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -157,6 +157,6 @@ class OnnxRuntimeBackend(BaseBackend):
             },
         )
 
-    def load(self, artifact: Artifact, profile: Profile | None = None) -> OrtRunner:
+    def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> OrtRunner:
         session = make_session(str(artifact.file(MODEL_FILE)), profile)
         return OrtRunner(session, "cuda" if profile is not None and profile.is_gpu else "cpu")

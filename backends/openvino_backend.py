@@ -31,7 +31,7 @@ from petra_hw.artifact import Artifact, write_artifact
 from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.errors import UserError
 from petra_hw.onnx_export import export_onnx
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class OpenVinoBackend(BaseBackend):
             has_bf16 = False
         return ("fp32", "int8", "bf16") if has_bf16 else ("fp32", "int8")
 
-    def available(self, profile: Profile) -> str | None:
+    def available(self, profile: DeviceProfile) -> str | None:
         if profile.is_gpu:
             return "the openvino backend compiles for x86 CPUs; GPU profiles use tensorrt or onnxruntime"
         try:
@@ -234,7 +234,7 @@ class OpenVinoBackend(BaseBackend):
             },
         )
 
-    def load(self, artifact: Artifact, profile: Profile | None = None) -> OvRunner:
+    def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> OvRunner:
         import openvino as ov
 
         config = dict(artifact.manifest["openvino"]["config"])

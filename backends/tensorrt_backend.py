@@ -38,7 +38,7 @@ from petra_hw.artifact import Artifact, write_artifact
 from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.errors import ArtifactError
 from petra_hw.onnx_export import export_onnx, is_fake_quantized
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class TensorRTBackend(BaseBackend):
     precisions = ("fp32", "fp16", "int8")
     int8_modes = ("static", "qat")  # explicit Q/DQ only; no dynamic quantization in TensorRT
 
-    def available(self, profile: Profile) -> str | None:
+    def available(self, profile: DeviceProfile) -> str | None:
         if not profile.is_gpu:
             return "TensorRT builds engines for NVIDIA GPU profiles only"
         reasons = []
@@ -285,7 +285,7 @@ class TensorRTBackend(BaseBackend):
             extra={"tensorrt": built, **info},
         )
 
-    def load(self, artifact: Artifact, profile: Profile | None = None) -> TensorRTRunner:
+    def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> TensorRTRunner:
         import tensorrt as trt
 
         if not torch.cuda.is_available():

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from petra_hw.artifact import Artifact, InputSpec
-    from petra_hw.profiles import Profile
+    from petra_hw.profiles import DeviceProfile
     from petra_hw.suite import Split
 
 ENTRY_POINT_GROUP = "petra_hw.backends"
@@ -63,7 +63,7 @@ class CompileRequest:
     intent: PrecisionIntent
     out_dir: Path
     input_spec: InputSpec
-    profile: Profile
+    profile: DeviceProfile
     calib: Split | None = None
     pipeline: dict | None = None
     options: tuple[tuple[str, object], ...] = ()
@@ -80,13 +80,13 @@ class Backend(Protocol):
     name: str
     precisions: tuple[str, ...]
 
-    def available(self, profile: Profile) -> str | None: ...
+    def available(self, profile: DeviceProfile) -> str | None: ...
 
-    def supports(self, intent: PrecisionIntent, profile: Profile) -> str | None: ...
+    def supports(self, intent: PrecisionIntent, profile: DeviceProfile) -> str | None: ...
 
     def compile(self, model: nn.Module, request: CompileRequest) -> Artifact: ...
 
-    def load(self, artifact: Artifact, profile: Profile | None = None) -> Runner: ...
+    def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> Runner: ...
 
 
 class BaseBackend:
@@ -96,10 +96,10 @@ class BaseBackend:
     precisions: tuple[str, ...] = ()
     int8_modes: tuple[str, ...] = INT8_MODES
 
-    def available(self, profile: Profile) -> str | None:
+    def available(self, profile: DeviceProfile) -> str | None:
         return None
 
-    def supports(self, intent: PrecisionIntent, profile: Profile) -> str | None:
+    def supports(self, intent: PrecisionIntent, profile: DeviceProfile) -> str | None:
         if intent.precision not in self.precisions:
             return f"cannot compile {intent.precision} (it compiles {', '.join(self.precisions)})"
         if intent.precision == "int8" and intent.mode not in self.int8_modes:
@@ -144,7 +144,9 @@ def _intent(intent: PrecisionIntent | str) -> PrecisionIntent:
     return intent if isinstance(intent, PrecisionIntent) else PrecisionIntent(intent)
 
 
-def check_supported(backend: Backend, profile: Profile, intent: PrecisionIntent | str) -> None:
+def check_supported(
+    backend: Backend, profile: DeviceProfile, intent: PrecisionIntent | str
+) -> None:
     """Fail before any work when the profile or backend cannot run this precision intent."""
     intent = _intent(intent)
     if backend.name not in profile.backends:
@@ -164,7 +166,9 @@ def check_supported(backend: Backend, profile: Profile, intent: PrecisionIntent 
         )
 
 
-def choose_backend(profile: Profile, intent: PrecisionIntent, pinned: str | None = None) -> str:
+def choose_backend(
+    profile: DeviceProfile, intent: PrecisionIntent, pinned: str | None = None
+) -> str:
     """The pinned backend, or the profile's first backend that ``supports`` the intent (TensorRT
     and OpenVINO have no dynamic int8, for example, so PDQ goes to ONNX Runtime)."""
     if pinned:
@@ -187,7 +191,7 @@ def choose_backend(profile: Profile, intent: PrecisionIntent, pinned: str | None
     )
 
 
-def load_runner(artifact: Artifact | str | Path, profile: Profile | None = None) -> Runner:
+def load_runner(artifact: Artifact | str | Path, profile: DeviceProfile | None = None) -> Runner:
     """Load an artifact (a folder is read and verified first) with the backend that compiled
     it: the one "read, choose, load" path."""
     from petra_hw.artifact import read_artifact

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from petra_hw.pipeline import Pipeline
 
 if TYPE_CHECKING:
-    from petra_hw.profiles import Profile
+    from petra_hw.profiles import DeviceProfile
 
 
 INT8_MODES = ("static", "dynamic", "qat")
@@ -51,7 +51,7 @@ def float_precision(device_kind: str, precisions: Collection[str]) -> str:
     return "fp16" if device_kind == "gpu" and "fp16" in precisions else "fp32"
 
 
-def deployed_intent(pipeline: Pipeline, profile: Profile) -> PrecisionIntent:
+def deployed_intent(pipeline: Pipeline, profile: DeviceProfile) -> PrecisionIntent:
     """``resolve`` on a profile: the intent ``pipeline`` deploys at there."""
     return resolve(pipeline, float_precision(profile.device_kind, profile.precisions))
 

@@ -41,7 +41,7 @@ class MatchRule:
 
 
 @dataclass(frozen=True)
-class Profile:
+class DeviceProfile:
     name: str
     description: str
     device_kind: str  # "cpu" | "gpu"
@@ -83,7 +83,7 @@ def profile_names() -> list[str]:
     return sorted(_profile_files())
 
 
-def _parse(path: Path) -> Profile:
+def _parse(path: Path) -> DeviceProfile:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -94,7 +94,7 @@ def _parse(path: Path) -> Profile:
         kind = data["device_kind"]
         if kind not in ("cpu", "gpu"):
             raise UserError(f"profile {path}: device_kind must be 'cpu' or 'gpu', not {kind!r}")
-        return Profile(
+        return DeviceProfile(
             name=str(data["name"]),
             description=str(data.get("description", "")),
             device_kind=kind,
@@ -125,7 +125,7 @@ def _backend_tables(data: dict) -> dict[str, dict[str, object]]:
     }
 
 
-def load_profile(name_or_path: str) -> Profile:
+def load_profile(name_or_path: str) -> DeviceProfile:
     """A profile by name (``epyc9124``), by path (``my.toml``), or ``auto``."""
     if name_or_path == "auto":
         return detect_profile()
@@ -176,7 +176,7 @@ def gpu_names() -> list[str]:
         pynvml.nvmlShutdown()
 
 
-def matches(profile: Profile, cpu: str, gpus: list[str], arch: str) -> bool:
+def matches(profile: DeviceProfile, cpu: str, gpus: list[str], arch: str) -> bool:
     rule = profile.match
     if rule.gpu_name:
         return any(re.search(rule.gpu_name, g, re.I) for g in gpus)
@@ -187,7 +187,7 @@ def matches(profile: Profile, cpu: str, gpus: list[str], arch: str) -> bool:
     return False
 
 
-def detect_profile() -> Profile:
+def detect_profile() -> DeviceProfile:
     cpu, gpus, arch = cpu_model(), gpu_names(), platform.machine()
     found = [p for p in map(load_profile, profile_names()) if matches(p, cpu, gpus, arch)]
     if not found:
@@ -195,7 +195,7 @@ def detect_profile() -> Profile:
     return max(found, key=lambda p: p.match.priority)
 
 
-def check_host(profile: Profile) -> list[str]:
+def check_host(profile: DeviceProfile) -> list[str]:
     """Refuse a GPU profile on a host without that GPU; note fewer cores than expected."""
     notes: list[str] = []
     if profile.is_gpu:

@@ -51,8 +51,8 @@ def env(tmp_path_factory):
 
 def compiled(env: dict, backend: str, precision: str) -> Compiled:
     """Compile once per (backend, precision); score test accuracy and agreement via the runner."""
+    from petra_hw.assess import compile_model
     from petra_hw.backend import get_backend, load_runner
-    from petra_hw.evaluate import compile_model
     from petra_hw.quality import runner_outputs
 
     key = (backend, precision)

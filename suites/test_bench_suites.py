@@ -83,8 +83,8 @@ def _iterations(runner, x: np.ndarray) -> int:
 @pytest.mark.parametrize(("backend", "precision"), CASES, ids=[f"{b}-{p}" for b, p in CASES])
 @pytest.mark.parametrize("suite", SUITES)
 def test_suite(benchmark, host, suite: str, backend: str, precision: str) -> None:
+    from petra_hw.assess import compile_model
     from petra_hw.backend import get_backend
-    from petra_hw.evaluate import compile_model
     from petra_hw.profiler import watch_load
     from petra_hw.quality import runner_outputs
 

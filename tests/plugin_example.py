@@ -17,7 +17,7 @@ from petra_hw.backend import BaseBackend, CompileRequest, register_backend
 from petra_hw.kinds import KindSpec, ParamSpec
 from petra_hw.onnx_export import export_onnx
 from petra_hw.pipeline import Pipeline, Step
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 from petra_hw.search.strategy import Strategy, register_strategy
 from petra_hw.search.types import Candidate, Evaluation
 from petra_hw.steps import StepContext, register
@@ -61,7 +61,7 @@ class PlainOrtBackend(BaseBackend):
     name = "plain-ort"
     precisions = ("fp32",)  # BaseBackend.supports refuses every other intent
 
-    def available(self, profile: Profile) -> str | None:
+    def available(self, profile: DeviceProfile) -> str | None:
         return "CPU profiles only" if profile.is_gpu else None
 
     def compile(self, model: nn.Module, request: CompileRequest) -> Artifact:
@@ -76,7 +76,7 @@ class PlainOrtBackend(BaseBackend):
             pipeline=request.pipeline,
         )
 
-    def load(self, artifact: Artifact, profile: Profile | None = None) -> PlainOrtRunner:
+    def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> PlainOrtRunner:
         return PlainOrtRunner(artifact.file("model.onnx"))
 
 

@@ -19,10 +19,10 @@ import pytest
 from onnx import numpy_helper
 
 from petra_hw.artifact import read_artifact
+from petra_hw.assess import compile_model, judge
 from petra_hw.backend import check_supported, get_backend
 from petra_hw.baseline import predict
 from petra_hw.errors import ArtifactError, UserError
-from petra_hw.evaluate import compile_model, judge
 from petra_hw.pipeline import Pipeline
 from petra_hw.precision import PrecisionIntent
 from petra_hw.profiles import MeasureSettings

@@ -33,9 +33,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from petra_hw.assess import compile_model, judge
     from petra_hw.backend import choose_backend, get_backend
     from petra_hw.baseline import get_baseline, predict
-    from petra_hw.evaluate import compile_model, judge
     from petra_hw.pipeline import parse_pipeline
     from petra_hw.precision import deployed_intent
     from petra_hw.profiles import check_host, load_profile

@@ -87,7 +87,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--strategy",
         default=None,
-        help="registered search strategy: evolution (default), random, nsga2, or a plug-in's",
+        help="registered search strategy: evolution (default); random or nsga2 for comparison "
+        "runs; or a plug-in's",
     )
     p.add_argument("--executor", default=None, help="local (default), ray, or a plug-in's")
     p.add_argument("--address", default=None, help="Ray cluster address (--executor ray)")
@@ -208,7 +209,7 @@ def _summary(result) -> None:
     front = sorted(result.front, key=lambda e: e.objectives.get("latency_ms", 0.0))
     for ev in [o, *[e for e in front if e.candidate.id != o.candidate.id]]:
         obj = ev.objectives
-        if ev is o:  # the reference row carries no percentages
+        if ev is o:  # the Original's row carries no percentages
             ref_q, ref = {}, {}
         else:
             ref_q, ref = o.quality, o.objectives

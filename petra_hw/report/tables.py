@@ -40,7 +40,7 @@ def _pct(value: float, ref: float | None) -> str:
 
 
 def fmt_cell(value: float | None, ref: float | None, digits: int, scale: float = 1.0) -> str:
-    """``value (±x%)``; no percentage for the reference row itself (``ref`` None)."""
+    """``value (±x%)``; no percentage for the Original's row itself (``ref`` None)."""
     if value is None:
         return "-"
     v = value / scale

@@ -49,7 +49,7 @@ from petra_hw.search.store import JOURNAL_NAME, Store
 from petra_hw.search.types import Candidate, Evaluation
 
 if TYPE_CHECKING:
-    from petra_hw.profiles import Profile
+    from petra_hw.profiles import DeviceProfile
     from petra_hw.search.space import SearchSpace
     from petra_hw.search.strategy import Target
 
@@ -171,7 +171,7 @@ class TuneSettings:
     ) -> EvalContext:
         """What a worker needs to evaluate this run's candidates (``backend`` overrides the pin).
 
-        The loop adds the Original's evaluation (``reference``) once it is measured."""
+        The loop adds the Original's evaluation (``original``) once it is measured."""
         return EvalContext(
             suite=self.suite,
             profile=self.device,
@@ -188,7 +188,7 @@ class TuneSettings:
         )
 
     def search_space(
-        self, profile: Profile, suite_space: dict[str, Any] | None = None
+        self, profile: DeviceProfile, suite_space: dict[str, Any] | None = None
     ) -> SearchSpace:
         """The run's space: the journaled spec as is; for a new run the given spec (``space``,
         else the suite's) on the kinds whose precision an available backend compiles here."""
@@ -492,7 +492,7 @@ class _Session:
                 f"{self.original.error_kind}: {self.original.error}"
             )
         objectives = Objectives(self.objective_config, self.original)
-        executor.context = dataclasses.replace(executor.context, reference=self.original)
+        executor.context = dataclasses.replace(executor.context, original=self.original)
         space = s.search_space(profile)  # the journaled spec (older runs: recomputed here)
         kwargs: dict[str, Any] = {"objectives": objectives}
         if STRATEGIES[s.strategy].uses_population:

@@ -87,7 +87,7 @@ class Strategy:
         self._seen: set[str] = set()
         self._pending: dict[str, Candidate] = {}
         if objectives is not None:
-            self._seen.add(canonical_key(objectives.baseline.candidate.pipeline))
+            self._seen.add(canonical_key(objectives.original.candidate.pipeline))
 
     @property
     def done(self) -> bool:

@@ -55,7 +55,7 @@ class EvolutionStrategy(Strategy):
         sigma: float = SIGMA,
     ):
         if objectives is None:
-            raise ValueError("the evolution strategy needs objectives (a measured baseline)")
+            raise ValueError("the evolution strategy needs objectives (a measured Original)")
         super().__init__(space, seed, objectives)
         if population_size < 2:
             raise ValueError("population_size must be at least 2")

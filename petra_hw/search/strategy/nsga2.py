@@ -89,14 +89,14 @@ class NSGA2Strategy(Strategy):
         population_size: int = 16,
     ):
         if objectives is None:
-            raise ValueError("the nsga2 strategy needs objectives (a measured baseline)")
+            raise ValueError("the nsga2 strategy needs objectives (a measured Original)")
         super().__init__(space, seed, objectives)
         self.population_size = population_size
         self.codec = PipelineCodec(space)
         self.names = objectives.active_names()
         self._results: dict[str, list[float]] = {}  # canonical key -> normalized F + [violation]
-        self._results[canonical_key(objectives.baseline.candidate.pipeline)] = self._row(
-            objectives.baseline
+        self._results[canonical_key(objectives.original.candidate.pipeline)] = self._row(
+            objectives.original
         )
         self._setup()
 

@@ -18,7 +18,7 @@ from petra_hw.search.types import Evaluation
 # -- stopping --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
-    """Good enough to stop: a quality drop (relative to the baseline), latency and size bound."""
+    """Good enough to stop: a quality drop (relative to the Original), latency and size bound."""
 
     max_quality_drop: float | None = None
     max_latency_ms: float | None = None

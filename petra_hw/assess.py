@@ -1,8 +1,10 @@
 """Compile, measure and judge one model on one backend: the unit every command is built from.
 
-``assess`` turns a torch model into an artifact, loads it back through its backend (verifying the
-hashes), measures it with the one profiler, and measures quality *through that runner* on val and
-test, plus parity against the FP32 baseline's outputs.  Everything lands in the manifest too.
+To *assess* a model is ``compile_model`` then ``judge``: compile it into an artifact, load that back
+through its backend (verifying the hashes), time it with the one profiler, and measure quality
+*through that runner* on val and test, plus parity against the Original's FP32 outputs.
+Everything lands in the manifest too.  (A candidate *evaluation* is the search's larger unit:
+apply its steps, assess the result, score objectives; see ``petra_hw.search.evaluator``.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from petra_hw.artifact import Artifact, InputSpec, read_artifact
 from petra_hw.backend import CompileRequest, get_backend, load_runner
 from petra_hw.precision import PrecisionIntent
 from petra_hw.profiler import Measurement, measure, measure_fresh_process
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 from petra_hw.quality import parity, runner_outputs
 from petra_hw.suite import Splits, Suite
 
@@ -63,7 +65,7 @@ def compile_model(
     model: nn.Module,
     suite: Suite,
     splits: Splits,
-    profile: Profile,
+    profile: DeviceProfile,
     backend: str,
     intent: PrecisionIntent | str,
     out_dir: Path,
@@ -88,8 +90,8 @@ def judge(
     artifact: Artifact,
     suite: Suite,
     splits: Splits,
-    profile: Profile,
-    reference: dict[str, np.ndarray] | None = None,
+    profile: DeviceProfile,
+    original_outputs: dict[str, np.ndarray] | None = None,
     quality_splits: tuple[str, ...] = ("val", "test"),
     fresh_process: bool | None = None,
 ) -> Assessment:
@@ -109,9 +111,9 @@ def judge(
 
     qual = {n: suite.score(runner_predict, splits, n) for n in quality_splits}
     par: dict[str, float] = {}
-    if reference is not None:
-        name = next(n for n in quality_splits if n in reference)
-        par = parity(outputs[name], reference[name], suite.task)
+    if original_outputs is not None:
+        name = next(n for n in quality_splits if n in original_outputs)
+        par = parity(outputs[name], original_outputs[name], suite.task)
     timings["quality_s"] = time.perf_counter() - t
     t = time.perf_counter()
     fresh = profile.measurement.fresh_process if fresh_process is None else fresh_process
