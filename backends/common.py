@@ -1,35 +1,28 @@
 """What the CPU compilers share: per-backend profile settings, host CPU flags, calibration batches.
 
 A profile TOML may carry an optional table per backend (``[onnxruntime]``, ``[openvino]``) with
-compiler settings that depend on the device (quantization types, performance hint).  ``Profile``
-keeps its own schema small, so backends read their table from the profile's source file here.
+compiler settings that depend on the device (quantization types, performance hint); the profile
+parses them (``DeviceProfile.backend_settings``) and backends read their own table here.
 """
 
 from __future__ import annotations
 
 import functools
 import platform
-import tomllib
 from pathlib import Path
 
 import numpy as np
 
-from petra_hw.errors import UserError
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 from petra_hw.suite import Split
 
 # Instructions that give x86 int8 dot products without the u8*s8 16-bit saturation of AVX2.
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def backend_settings(profile: Profile | None, backend: str) -> dict[str, object]:
+def backend_settings(profile: DeviceProfile | None, backend: str) -> dict[str, object]:
     """The profile's optional ``[backend]`` table (empty when the profile has none)."""
-    if profile is None or not profile.source or not Path(profile.source).is_file():
-        return {}
-    table = tomllib.loads(Path(profile.source).read_text()).get(backend, {})
-    if not isinstance(table, dict):
-        raise UserError(f"profile {profile.source}: [{backend}] must be a table")
-    return table
+    return {} if profile is None else dict(profile.backend_settings.get(backend, {}))
 
 
 @functools.cache

@@ -22,9 +22,10 @@ import numpy as np
 from torch import nn
 
 from petra_hw.artifact import Artifact, write_artifact
-from petra_hw.backend import CompileRequest
+from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.onnx_export import export_onnx
-from petra_hw.profiles import Profile
+from petra_hw.precision import PrecisionIntent
+from petra_hw.profiles import DeviceProfile
 
 MODEL_FILE = "model.onnx"
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -47,13 +48,13 @@ class OrtRunner:
         """session.run returns after the device work completes; nothing to wait for."""
 
 
-def providers_for(profile: Profile | None) -> list[str]:
+def providers_for(profile: DeviceProfile | None) -> list[str]:
     """The CUDA provider alone on GPU profiles: listing the CPU provider as well would contradict
     ``session.disable_cpu_ep_fallback`` (ONNX Runtime refuses that combination)."""
     return [CUDA] if profile is not None and profile.is_gpu else [CPU]
 
 
-def refusal(precision: str, mode: str, profile: Profile | None) -> str | None:
+def refusal(precision: str, mode: str, profile: DeviceProfile | None) -> str | None:
     """Why ONNX Runtime does not compile ``precision`` (int8 ``mode``) for ``profile``; None if it
     does.  The CUDA provider has no INT8 convolution/GEMM kernels: a Q/DQ model runs float kernels
     plus the Q/DQ work, slower than fp16 and not INT8 at all, so INT8 on NVIDIA GPUs is left to
@@ -99,7 +100,7 @@ def _installed(dist: str) -> bool:
     return True
 
 
-def session_options(profile: Profile | None):
+def session_options(profile: DeviceProfile | None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -132,7 +133,7 @@ def check_assignment(session, wanted: str) -> dict[str, int]:
     return placed
 
 
-def make_session(path: str, profile: Profile | None):
+def make_session(path: str, profile: DeviceProfile | None):
     """Create a session whose every node runs on the profile's provider (no silent CPU fall-back:
     on GPU profiles ONNX Runtime itself refuses one, and the recorded assignment is checked)."""
     import onnxruntime as ort
@@ -165,7 +166,7 @@ def _transform(src: Path, dst: Path, request: CompileRequest) -> dict[str, objec
         if not request.profile.is_gpu:
             raise ValueError("onnxruntime fp16 is compiled for GPU profiles only")
         return {"fp16": q.to_fp16(src, dst)}
-    mode = str(request.option("int8_mode", "static") or "static")
+    mode = request.intent.mode
     if mode == "static":
         return {"quantization": q.quantize_static_qdq(src, dst, request)}
     if mode == "dynamic":
@@ -177,11 +178,11 @@ def _transform(src: Path, dst: Path, request: CompileRequest) -> dict[str, objec
     raise ValueError(f"unknown int8_mode {mode!r} (static, dynamic, qat)")
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BaseBackend):
     name = "onnxruntime"
     precisions = ("fp32", "int8", "fp16")
 
-    def available(self, profile: Profile) -> str | None:
+    def available(self, profile: DeviceProfile) -> str | None:
         from petra_hw.profiles import gpu_names
 
         problem = install_problem(profile.is_gpu and bool(gpu_names()))
@@ -196,9 +197,9 @@ class OnnxRuntimeBackend:
             return f"{CUDA} is installed but no NVIDIA GPU is present"
         return None
 
-    def refuses(self, precision: str, profile: Profile, mode: str = "") -> str | None:
-        """Why this backend does not compile ``precision`` for ``profile`` (see ``refusal``)."""
-        return refusal(precision, mode, profile)
+    def supports(self, intent: PrecisionIntent, profile: DeviceProfile) -> str | None:
+        """The declared precisions and modes, then no INT8 on GPU profiles (``refusal``)."""
+        return refusal(intent.precision, intent.mode, profile) or super().supports(intent, profile)
 
     def compile(self, model: nn.Module, request: CompileRequest) -> Artifact:
         import onnxruntime as ort
@@ -207,8 +208,7 @@ class OnnxRuntimeBackend:
 
         if request.precision not in self.precisions:
             raise ValueError(f"onnxruntime cannot compile {request.precision}")
-        mode = str(request.option("int8_mode", "static") or "static")
-        reason = refusal(request.precision, mode, request.profile)
+        reason = refusal(request.precision, request.intent.mode, request.profile)
         if reason:
             raise ValueError(reason)
         request.out_dir.mkdir(parents=True, exist_ok=True)
@@ -249,6 +249,6 @@ class OnnxRuntimeBackend:
             },
         )
 
-    def load(self, artifact: Artifact, profile: Profile | None = None) -> OrtRunner:
+    def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> OrtRunner:
         session = make_session(str(artifact.file(MODEL_FILE)), profile)
         return OrtRunner(session, "cuda" if profile is not None and profile.is_gpu else "cpu")

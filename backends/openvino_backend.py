@@ -28,10 +28,10 @@ from torch import nn
 
 from backends.common import backend_settings
 from petra_hw.artifact import Artifact, write_artifact
-from petra_hw.backend import CompileRequest
+from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.errors import UserError
 from petra_hw.onnx_export import export_onnx
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _nncf_quantize(model, request: CompileRequest, settings: dict[str, object]):
 
     nncf.set_log_level(logging.WARNING)  # NNCF logs INFO to its own handler by default
 
-    calibration = str(request.option("calibration", "minmax") or "minmax")
+    calibration = request.intent.calibration
     # NNCF has no KL-entropy calibrator; its histogram search is the closest kin.
     ranges = {
         "minmax": Ranges.MINMAX,
@@ -156,7 +156,7 @@ def _prepare(model, request: CompileRequest, settings: dict[str, object]):
     """The IR at the request's precision, plus what to record about its quantization."""
     if request.precision != "int8":
         return model, {}
-    mode = str(request.option("int8_mode", "static") or "static")
+    mode = request.intent.mode
     if mode == "static":
         return _nncf_quantize(model, request, settings)
     if mode == "qat":
@@ -187,8 +187,9 @@ class OvRunner:
         """``infer`` is synchronous; nothing to wait for."""
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(BaseBackend):
     name = "openvino"
+    int8_modes = ("static", "qat")  # no dynamic quantization: PDQ goes to onnxruntime
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -199,7 +200,7 @@ class OpenVinoBackend:
             has_bf16 = False
         return ("fp32", "int8", "bf16") if has_bf16 else ("fp32", "int8")
 
-    def available(self, profile: Profile) -> str | None:
+    def available(self, profile: DeviceProfile) -> str | None:
         if profile.is_gpu:
             return "the openvino backend compiles for x86 CPUs; GPU profiles use tensorrt or onnxruntime"
         try:
@@ -255,7 +256,7 @@ class OpenVinoBackend:
             },
         )
 
-    def load(self, artifact: Artifact, profile: Profile | None = None) -> OvRunner:
+    def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> OvRunner:
         import openvino as ov
 
         config = dict(artifact.manifest["openvino"]["config"])

@@ -26,8 +26,6 @@ and tests everything up to ``import tensorrt`` everywhere.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import re
@@ -41,10 +39,10 @@ import torch
 from torch import nn
 
 from petra_hw.artifact import Artifact, write_artifact
-from petra_hw.backend import CompileRequest
-from petra_hw.errors import ArtifactError, UserError
-from petra_hw.onnx_export import export_onnx
-from petra_hw.profiles import Profile
+from petra_hw.backend import BaseBackend, CompileRequest
+from petra_hw.errors import ArtifactError
+from petra_hw.onnx_export import export_onnx, is_fake_quantized
+from petra_hw.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +51,6 @@ WORKSPACE_BYTES = 4 << 30
 # ONNX Runtime's QDQ quantizer, the way TensorRT wants the graph (see its qdq_quantizer.py notes):
 # signed symmetric ranges, float biases, a Q/DQ pair per weight and per consumer, and no Q/DQ on
 # the outputs of Conv/Gemm/MatMul (TensorRT fuses them with what follows).
-TRT_QDQ_OPTIONS = {
-    "ActivationSymmetric": True,
-    "WeightSymmetric": True,
-    "QuantizeBias": False,
-    "AddQDQPairToWeight": True,
-    "DedicatedQDQPair": True,
-    "OpTypesToExcludeOutputQuantization": ["Conv", "Gemm", "MatMul"],
-}
 INT8_HELP = (
     "TensorRT INT8 takes explicitly quantized (Q/DQ) models only: end the pipeline with QAT, "
     "or quantize with PTQ (static Q/DQ)"
@@ -68,56 +58,6 @@ INT8_HELP = (
 
 
 # -- the ONNX graph TensorRT parses (no tensorrt needed) ----------------------------------------
-class _Feeds:
-    """ONNX Runtime calibration input: one feed dict per calib batch."""
-
-    def __init__(self, name: str, batches: list[np.ndarray]) -> None:
-        self._feeds = iter([{name: b} for b in batches])
-
-    def get_next(self) -> dict | None:
-        return next(self._feeds, None)
-
-
-def symmetric_ptq(src: Path, dst: Path, request: CompileRequest) -> dict[str, object]:
-    """Static PTQ to signed, symmetric INT8 Q/DQ (zero points 0), as TensorRT requires."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from backends.common import calib_batches
-    from backends.ort_quantize import CALIBRATION, CALIBRATOR_OPTIONS, calibrate, pre_process
-
-    calibration = str(request.option("calibration", "minmax") or "minmax")
-    if calibration not in CALIBRATION:
-        raise UserError(f"unknown calibration '{calibration}' ({', '.join(CALIBRATION)})")
-    method = getattr(CalibrationMethod, CALIBRATION[calibration])
-    batches = calib_batches(request.calib)
-    pre = pre_process(src, dst.with_name("pre.onnx"))
-    options = CALIBRATOR_OPTIONS.get(calibration, {})
-    cache = calibrate(pre, method, options, _Feeds(request.input_spec.name, batches))
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink):
-        quantize_static(
-            str(pre),
-            str(dst),
-            None,
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            calibration_cache_path=str(cache),
-            extra_options=TRT_QDQ_OPTIONS,
-        )
-    log.debug("quantize_static: %s", sink.getvalue().strip())
-    return {
-        "mode": "static",
-        "format": "QDQ",
-        "symmetric": True,
-        "per_channel": True,
-        "calibration": calibration,
-        "calibration_samples": sum(len(b) for b in batches),
-    }
-
-
 def _integer_op(node) -> bool:
     """An operator of ONNX Runtime's quantized formats (QOperator, dynamic, contrib), none of
     which TensorRT parses: it wants float operators between Quantize/DequantizeLinear pairs."""
@@ -158,11 +98,9 @@ def check_signed_qdq(path: Path) -> dict[str, object]:
 def prepare_onnx(model: nn.Module, request: CompileRequest, dst: Path) -> dict[str, object]:
     """Write the ONNX graph that TensorRT parses for ``request.precision`` to ``dst`` (its folder
     also receives the intermediate files); returns what to record in the manifest."""
-    from petra_hw.steps.qat import is_fake_quantized
-
     if request.precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"tensorrt cannot compile {request.precision}")
-    mode = str(request.option("int8_mode", "static") or "static")
+    mode = request.intent.mode
     qat = request.precision == "int8" and is_fake_quantized(model)
     if request.precision == "int8" and not qat and mode != "static":
         detail = "the model carries no fake quantizers" if mode == "qat" else f"int8_mode {mode!r}"
@@ -179,7 +117,9 @@ def prepare_onnx(model: nn.Module, request: CompileRequest, dst: Path) -> dict[s
         shutil.copyfile(export, dst)
         info: dict[str, object] = {"mode": "qat", "format": "QDQ", "signed": True}
     else:
-        info = symmetric_ptq(export, dst, request)
+        from backends.ort_quantize import quantize_static_qdq
+
+        info = quantize_static_qdq(export, dst, request, symmetric=True)
     return {"quantization": {**info, **check_signed_qdq(dst)}}
 
 
@@ -343,14 +283,14 @@ class TensorRTRunner:
         self.stream.synchronize()
 
 
-class TensorRTBackend:
+class TensorRTBackend(BaseBackend):
     """TensorRT engines (not verified here: written against the TensorRT 10 Python API)."""
 
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     int8_modes = ("static", "qat")  # explicit Q/DQ only; no dynamic quantization in TensorRT
 
-    def available(self, profile: Profile) -> str | None:
+    def available(self, profile: DeviceProfile) -> str | None:
         if not profile.is_gpu:
             return "TensorRT builds engines for NVIDIA GPU profiles only"
         reasons = []
@@ -380,7 +320,7 @@ class TensorRTBackend:
             extra={"tensorrt": built, **info},
         )
 
-    def load(self, artifact: Artifact, profile: Profile | None = None) -> TensorRTRunner:
+    def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> TensorRTRunner:
         import tensorrt as trt
 
         if not torch.cuda.is_available():

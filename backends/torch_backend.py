@@ -19,8 +19,8 @@ from torch import nn
 
 from backends.common import backend_settings
 from petra_hw.artifact import Artifact, write_artifact
-from petra_hw.backend import CompileRequest
-from petra_hw.profiles import Profile
+from petra_hw.backend import BaseBackend, CompileRequest
+from petra_hw.profiles import DeviceProfile
 
 MODEL_FILE = "model.pt2"
 GRAPH_WARMUP = 3  # eager runs on a side stream before capture (lazy init, cuDNN autotuning)
@@ -84,11 +84,11 @@ def wants_cuda_graphs(request: CompileRequest) -> bool:
     return bool(request.option("cuda_graphs", default))
 
 
-class TorchBackend:
+class TorchBackend(BaseBackend):
     name = "torch"
     precisions = ("fp32", "fp16")
 
-    def available(self, profile: Profile) -> str | None:
+    def available(self, profile: DeviceProfile) -> str | None:
         if profile.is_gpu and not torch.cuda.is_available():
             return "torch sees no CUDA device"
         return None
@@ -120,7 +120,7 @@ class TorchBackend:
             extra={"device": "cuda" if gpu else "cpu", "cuda_graphs": graphs},
         )
 
-    def load(self, artifact: Artifact, profile: Profile | None = None) -> TorchRunner:
+    def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> TorchRunner:
         device = artifact.manifest.get("device", "cpu")
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("this torch artifact was compiled for CUDA and no GPU is present")

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 def load(path: str):
     """Load a deployable artifact folder and return its runner (``runner(x) -> outputs``)."""
-    from petra_hw.artifact import load_runner
+    from petra_hw.backend import load_runner
 
     return load_runner(path)
 

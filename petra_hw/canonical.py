@@ -1,7 +1,8 @@
 """One canonical form per equivalence class of pipelines, so the search and the cache do not pay
 twice for the same model.
 
-Rules (applied left to right until nothing changes; ``apply`` always runs the canonical form, so
+The roles come from the kind table (``KindSpec.deferred``, ``KindSpec.mergeable``).  Rules (applied
+left to right until nothing changes; ``apply`` always runs the canonical form, so
 they hold by construction and never change what the backend deploys, see ``precision.resolve``):
 
 1. A post-training intent (``PTQ``, ``PDQ``, ``FP16``) directly followed by another post-training
@@ -20,12 +21,9 @@ from __future__ import annotations
 
 from petra_hw.pipeline import Pipeline, Step
 
-POST_TRAINING = ("PTQ", "PDQ", "FP16")
-MERGEABLE_TRAINING = ("Tr", "QAT")
-
 
 def _same_training(a: Step, b: Step) -> bool:
-    if a.kind != b.kind or a.kind not in MERGEABLE_TRAINING:
+    if a.kind != b.kind or not a.spec.mergeable:
         return False
     return {n: v for n, v in a.params if n != "epochs"} == {
         n: v for n, v in b.params if n != "epochs"
@@ -42,7 +40,7 @@ def _split_epochs(step: Step, total: int) -> list[Step]:
 def canonical_steps(steps: tuple[Step, ...] | list[Step]) -> list[Step]:
     out: list[Step] = []
     for step in steps:
-        if out and out[-1].kind in POST_TRAINING and step.kind in POST_TRAINING:
+        if out and out[-1].spec.deferred and step.spec.deferred:
             out[-1] = step
             continue
         if out and _same_training(out[-1], step):

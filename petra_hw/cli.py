@@ -41,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"petra_hw.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"petra_hw.commands.{name}":
-                continue  # not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"petra_hw.commands.{name}").add_parser(sub)
     return parser
 
 
@@ -61,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         if not argv:
-            argv = (
-                ["tune"] if "tune" in parser._subparsers._group_actions[0].choices else ["--help"]
-            )  # type: ignore[union-attr]
+            argv = ["tune"]
         args = parser.parse_args(argv)
         logging.basicConfig(
             level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from petra_hw.profiler import exclusive, time_batches
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def tiled(x: np.ndarray, batch: int) -> np.ndarray:
 
 def measure_interleaved(
     artifacts: dict[str, str | Path],
-    profile: Profile,
+    profile: DeviceProfile,
     inputs: np.ndarray,
     batches: tuple[int, ...] = (1, 32),
     rounds: int = 12,

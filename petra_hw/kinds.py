@@ -1,9 +1,12 @@
-"""Step kinds and their typed hyperparameters.
+"""Step kinds: their typed hyperparameters and every role the rest of petra-hw reads.
 
 The schema lives apart from the implementations (``petra_hw.steps``) so that pipelines can be
 parsed, validated and searched without importing torch-heavy step code.  Each kind declares its
-parameters once; the parser, the printer, the search space and the step implementations all read
-this table, so a new hyperparameter is added in one place.
+parameters and its roles once (does it train, which precision it asks the compiler for, is it
+deferred to the compiler, may adjacent copies merge, on which device classes it is searched, which
+parameters are conditional); the parser, the printer, the precision contract, canonical forms, the
+search space and the step registry all read this table, so a new kind or hyperparameter is added in
+one place (``register_kind``, see docs/extending.md).
 """
 
 from __future__ import annotations
@@ -74,16 +77,67 @@ class ParamSpec:
         return out
 
 
+DEVICE_CLASSES = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class ActiveWhen:
+    """``param`` is read only when ``on`` has one of ``values`` (a ConfigSpace-style condition):
+    mutating it otherwise is wasted work, and holding it at its default makes equivalent steps
+    hash the same."""
+
+    param: str
+    on: str
+    values: tuple[ParamValue, ...]
+
+
 @dataclass(frozen=True)
 class KindSpec:
-    """A step kind: its canonical name, aliases, parameters, and whether it trains or quantizes."""
+    """A step kind: its canonical name, aliases, parameters and roles.
+
+    - ``trains``: the step trains, so the model-level settings (optimizer, lr, loss) matter;
+    - ``precision``/``int8_mode``: the deployed precision the kind asks for when it is the
+      pipeline's last quantizing step (``""``: it does not quantize), see ``petra_hw.precision``;
+    - ``deferred``: as that last quantizing step, the backend compiler does the work (PTQ, PDQ,
+      FP16) instead of the torch step; adjacent deferred steps collapse to the later one;
+    - ``mergeable``: adjacent steps of this kind with equal non-epoch parameters merge (epochs add);
+    - ``devices``: device classes whose search space offers the kind by default;
+    - ``conditions``: parameters read only under a condition on another one;
+    - ``module``: the module whose import registers the implementation (``steps.base.register``).
+    """
 
     name: str
     params: tuple[ParamSpec, ...]
     aliases: tuple[str, ...] = ()
     trains: bool = False
-    quantizes: bool = False
+    precision: str = ""
+    int8_mode: str = ""
+    deferred: bool = False
+    mergeable: bool = False
+    devices: tuple[str, ...] = DEVICE_CLASSES
+    conditions: tuple[ActiveWhen, ...] = ()
+    module: str = ""
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        names = {p.name for p in self.params}
+        for c in self.conditions:
+            if c.param not in names or c.on not in names:
+                raise ValueError(f"{self.name}: condition on unknown parameter {c}")
+        if set(self.devices) - set(DEVICE_CLASSES):
+            raise ValueError(f"{self.name}: devices must be among {DEVICE_CLASSES}")
+        if self.deferred and not self.precision:
+            raise ValueError(f"{self.name}: a deferred kind must name the precision it asks for")
+        if self.mergeable and "epochs" not in names:
+            raise ValueError(f"{self.name}: a mergeable kind needs an 'epochs' parameter")
+
+    @property
+    def quantizes(self) -> bool:
+        """The kind asks for a deployed precision (a quantization intent)."""
+        return bool(self.precision)
+
+    def condition(self, param: str) -> ActiveWhen | None:
+        return next((c for c in self.conditions if c.param == param), None)
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:
@@ -100,6 +154,8 @@ def _epochs(default: int = 1) -> ParamSpec:
     return ParamSpec("epochs", int, default, low=1, high=200, doc="passes over the train split")
 
 
+_STEPS = "petra_hw.steps."
+
 KINDS: dict[str, KindSpec] = {
     k.name: k
     for k in (
@@ -107,6 +163,8 @@ KINDS: dict[str, KindSpec] = {
             "Tr",
             (_epochs(2),),
             trains=True,
+            mergeable=True,
+            module=_STEPS + "finetune",
             doc="fine-tune with the model-level optimizer, learning rate and loss",
         ),
         KindSpec(
@@ -125,6 +183,12 @@ KINDS: dict[str, KindSpec] = {
                 _epochs(2),
             ),
             trains=True,
+            conditions=(
+                ActiveWhen("lambda_o", "reg", ("orth_hoyer",)),
+                ActiveWhen("lambda_h", "reg", ("orth_hoyer",)),
+                ActiveWhen("strength", "reg", ("lai", "sparsity", "norm")),
+            ),
+            module=_STEPS + "regularized",
             doc="regularized training toward low rank (orthogonality + Hoyer) or sparsity",
         ),
         KindSpec(
@@ -138,6 +202,7 @@ KINDS: dict[str, KindSpec] = {
                 ),
                 ParamSpec("threshold", float, 0.95, low=0.01, high=1.0),
             ),
+            module=_STEPS + "lowrank",
             doc="truncated-SVD low-rank decomposition of Linear, Conv and Embedding layers",
         ),
         KindSpec(
@@ -153,14 +218,17 @@ KINDS: dict[str, KindSpec] = {
                 ParamSpec("scope", str, "uniform", choices=("uniform", "global")),
                 ParamSpec("structured", bool, True, doc="False: unstructured magnitude masks"),
             ),
+            module=_STEPS + "pruning",
             doc="structured channel pruning through torch-pruning's dependency graph",
         ),
         KindSpec(
             "QAT",
             (ParamSpec("dtype", str, "int8", choices=("int8",)), _epochs(1)),
-            aliases=(),
             trains=True,
-            quantizes=True,
+            precision="int8",
+            int8_mode="qat",
+            mergeable=True,
+            module=_STEPS + "qat",
             doc="quantization-aware training (fake quantization), exported as QDQ",
         ),
         KindSpec(
@@ -175,21 +243,53 @@ KINDS: dict[str, KindSpec] = {
                 ),
             ),
             aliases=("QS",),
-            quantizes=True,
+            precision="int8",
+            int8_mode="static",
+            deferred=True,
+            module=_STEPS + "qat",
             doc="post-training static quantization, resolved by the backend compiler",
         ),
         KindSpec(
             "PDQ",
             (ParamSpec("dtype", str, "int8", choices=("int8",)),),
             aliases=("QD",),
-            quantizes=True,
+            precision="int8",
+            int8_mode="dynamic",
+            deferred=True,
+            module=_STEPS + "qat",
             doc="post-training dynamic quantization, resolved by the backend compiler",
         ),
-        KindSpec("FP16", (), quantizes=True, doc="half precision, resolved by the backend"),
+        KindSpec(
+            "FP16",
+            (),
+            precision="fp16",
+            deferred=True,
+            devices=("gpu",),
+            module=_STEPS + "qat",
+            doc="half precision, resolved by the backend",
+        ),
     )
 }
 
 _ALIASES: dict[str, str] = {a: k.name for k in KINDS.values() for a in (k.name, *k.aliases)}
+
+
+def register_kind(spec: KindSpec) -> KindSpec:
+    """Add a kind to the table (a plug-in's kind; see docs/extending.md).  Re-registering the
+    same spec is a no-op; a clash with another kind's name or alias is an error."""
+    if KINDS.get(spec.name) == spec:
+        return spec
+    clash = [a for a in (spec.name, *spec.aliases) if a in _ALIASES]
+    if clash:
+        raise ValueError(f"step kind {spec.name}: name or alias {clash} already taken")
+    KINDS[spec.name] = spec
+    _ALIASES.update({a: spec.name for a in (spec.name, *spec.aliases)})
+    return spec
+
+
+def kinds_for(device_class: str) -> tuple[str, ...]:
+    """The kinds a search space offers by default on a ``cpu`` or ``gpu`` device."""
+    return tuple(k.name for k in KINDS.values() if device_class in k.devices)
 
 
 def kind_spec(name: str) -> KindSpec:

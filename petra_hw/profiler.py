@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from petra_hw.nvml import NvmlSampler
-from petra_hw.profiles import MeasureSettings, Profile
+from petra_hw.profiles import DeviceProfile, MeasureSettings
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
@@ -240,7 +240,7 @@ def _noisy(stats: list[LatencyStats], loads: list[HostLoad], settings: MeasureSe
 def measure(
     runner,
     input_shape: tuple[int, ...],
-    profile: Profile,
+    profile: DeviceProfile,
     *,
     backend: str,
     precision: str,
@@ -304,12 +304,15 @@ def _gpu_record(gpu: dict, sampler: NvmlSampler, batch: int, calls: int) -> dict
     }
 
 
-def measure_artifact(artifact_path: str | Path, profile: Profile, seed: int = 0) -> Measurement:
+def measure_artifact(
+    artifact_path: str | Path, profile: DeviceProfile, seed: int = 0
+) -> Measurement:
     """Load an artifact and measure it in this process."""
-    from petra_hw.artifact import open_runner, read_artifact
+    from petra_hw.artifact import read_artifact
+    from petra_hw.backend import load_runner
 
     artifact = read_artifact(artifact_path)
-    runner = open_runner(artifact, profile)
+    runner = load_runner(artifact, profile)
     return measure(
         runner,
         artifact.input_spec.sample_shape(1)[1:],
@@ -322,7 +325,7 @@ def measure_artifact(artifact_path: str | Path, profile: Profile, seed: int = 0)
 
 
 def measure_fresh_process(
-    artifact_path: str | Path, profile: Profile, timeout_s: float = 600
+    artifact_path: str | Path, profile: DeviceProfile, timeout_s: float = 600
 ) -> Measurement:
     """Measure in a new interpreter, so allocator state, caches and peak RSS are the artifact's own."""
     cmd = [

@@ -43,7 +43,7 @@ class MatchRule:
 
 
 @dataclass(frozen=True)
-class Profile:
+class DeviceProfile:
     name: str
     description: str
     device_kind: str  # "cpu" | "gpu"
@@ -58,6 +58,8 @@ class Profile:
     nvml: bool = False
     source: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The optional ``[backend]`` tables (compiler settings that depend on the device), by backend.
+    backend_settings: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def is_gpu(self) -> bool:
@@ -83,7 +85,7 @@ def profile_names() -> list[str]:
     return sorted(_profile_files())
 
 
-def _parse(path: Path) -> Profile:
+def _parse(path: Path) -> DeviceProfile:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -95,7 +97,7 @@ def _parse(path: Path) -> Profile:
         kind = data["device_kind"]
         if kind not in ("cpu", "gpu"):
             raise UserError(f"profile {path}: device_kind must be 'cpu' or 'gpu', not {kind!r}")
-        return Profile(
+        return DeviceProfile(
             name=str(data["name"]),
             description=str(data.get("description", "")),
             device_kind=kind,
@@ -109,6 +111,7 @@ def _parse(path: Path) -> Profile:
             match=MatchRule(**data.get("match", {})),
             nvml=bool(data.get("nvml", False)),
             source=str(path),
+            backend_settings=_backend_tables(data),
         )
     except KeyError as exc:
         raise UserError(f"profile {path}: missing key {exc}") from None
@@ -226,7 +229,16 @@ def validate_profile(data: dict, path: Path) -> None:
     raise UserError(f"profile {path}: bad value for '{key or '(top level)'}': {error.message}")
 
 
-def load_profile(name_or_path: str) -> Profile:
+def _backend_tables(data: dict) -> dict[str, dict[str, object]]:
+    """The ``[backend]`` tables, read once with the profile (backends never re-read the TOML)."""
+    return {
+        k: dict(v)
+        for k, v in data.items()
+        if isinstance(v, dict) and k not in ("measurement", "match")
+    }
+
+
+def load_profile(name_or_path: str) -> DeviceProfile:
     """A profile by name (``epyc9124``), by path (``my.toml``), or ``auto``."""
     if name_or_path == "auto":
         return detect_profile()
@@ -277,7 +289,7 @@ def gpu_names() -> list[str]:
         pynvml.nvmlShutdown()
 
 
-def matches(profile: Profile, cpu: str, gpus: list[str], arch: str) -> bool:
+def matches(profile: DeviceProfile, cpu: str, gpus: list[str], arch: str) -> bool:
     rule = profile.match
     if rule.gpu_name:
         return any(re.search(rule.gpu_name, g, re.I) for g in gpus)
@@ -288,7 +300,7 @@ def matches(profile: Profile, cpu: str, gpus: list[str], arch: str) -> bool:
     return False
 
 
-def detect_profile() -> Profile:
+def detect_profile() -> DeviceProfile:
     """The matching profile of highest priority; a GPU pick carries a note naming the GPU and the
     profile (the generic ``nvidia-gpu`` one when no profile names this GPU)."""
     cpu, gpus, arch = cpu_model(), gpu_names(), platform.machine()
@@ -303,7 +315,7 @@ def detect_profile() -> Profile:
     return dataclasses.replace(best, notes=(*best.notes, note))
 
 
-def check_host(profile: Profile) -> list[str]:
+def check_host(profile: DeviceProfile) -> list[str]:
     """Refuse a GPU profile on a host without that GPU; note fewer cores than expected."""
     notes: list[str] = list(profile.notes)
     if profile.is_gpu:

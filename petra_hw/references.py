@@ -45,9 +45,6 @@ class Recipe:
     def intent(self, float_precision: str) -> PrecisionIntent:
         return PrecisionIntent(self.precision or float_precision, self.mode)
 
-    def compile_options(self, float_precision: str) -> dict[str, object]:
-        return {**self.intent(float_precision).options(), **dict(self.options)}
-
 
 RECIPES: dict[str, Recipe] = {
     r.name: r

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -162,6 +162,9 @@ class Suite:
     # (e.g. CoLES: contrastive training, quality = LightGBM on the embeddings).
     loss_fn: ModelLoss | None = None  # used by the one training loop instead of a named loss
     evaluate: Evaluate | None = None  # used by baseline scoring and by judge instead of metric
+    # A search space spec (petra_hw.search.space.SearchSpace.from_spec) narrowing what tune
+    # searches for this suite; ``tune --space FILE`` overrides it.
+    space: dict[str, Any] | None = None
 
     @property
     def default_loss(self) -> str | ModelLoss:

@@ -24,7 +24,6 @@ CASES = [
     ("openvino", "int8"),
 ]
 BATCHES = (1, 32)
-INT8 = {"int8_mode": "static", "calibration": "minmax"}
 
 
 @dataclasses.dataclass
@@ -52,8 +51,8 @@ def env(tmp_path_factory):
 
 def compiled(env: dict, backend: str, precision: str) -> Compiled:
     """Compile once per (backend, precision); score test accuracy and agreement via the runner."""
-    from petra_hw.backend import get_backend
-    from petra_hw.evaluate import compile_model
+    from petra_hw.assess import compile_model
+    from petra_hw.backend import get_backend, load_runner
     from petra_hw.quality import runner_outputs
 
     key = (backend, precision)
@@ -63,9 +62,9 @@ def compiled(env: dict, backend: str, precision: str) -> Compiled:
             pytest.skip(f"{backend} cannot compile {precision} on this CPU")
         artifact = compile_model(
             b.model, b.suite, b.splits, profile, backend, precision,
-            env["out"] / f"{backend}-{precision}", options=INT8 if precision == "int8" else {},
+            env["out"] / f"{backend}-{precision}",
         )  # fmt: skip
-        runner = get_backend(backend).load(artifact, profile)
+        runner = load_runner(artifact, profile)
         out = runner_outputs(runner, b.splits.test.x)
         info = {
             "test_accuracy": b.suite.metric(out, b.splits.test.y.numpy()),

@@ -30,7 +30,6 @@ CASES = [
     ("openvino", "bf16"),
     ("openvino", "int8"),
 ]
-INT8 = {"int8_mode": "static", "calibration": "minmax"}
 THREADS = 1  # single-thread timings: on a shared CI runner, multi-thread ones measure contention
 ROUNDS = 60
 WARMUP_ROUNDS = 5
@@ -84,8 +83,8 @@ def _iterations(runner, x: np.ndarray) -> int:
 @pytest.mark.parametrize(("backend", "precision"), CASES, ids=[f"{b}-{p}" for b, p in CASES])
 @pytest.mark.parametrize("suite", SUITES)
 def test_suite(benchmark, host, suite: str, backend: str, precision: str) -> None:
+    from petra_hw.assess import compile_model
     from petra_hw.backend import get_backend
-    from petra_hw.evaluate import compile_model
     from petra_hw.profiler import watch_load
     from petra_hw.quality import runner_outputs
 
@@ -103,7 +102,6 @@ def test_suite(benchmark, host, suite: str, backend: str, precision: str) -> Non
         backend,
         precision,
         host["out"] / f"{suite}-{backend}-{precision}",
-        options=INT8 if precision == "int8" else {},
     )
     runner = impl.load(artifact, profile)
     out = runner_outputs(runner, b.splits.test.x)

@@ -39,8 +39,8 @@ def _arms(run: dict, suite, splits, profile, workdir: Path) -> dict[str, dict]:
     (ORT FP32, as journaled) and eager torch FP32 compiled from the run's own baseline."""
     import torch
 
+    from petra_hw.assess import compile_model, judge
     from petra_hw.baseline import predict
-    from petra_hw.evaluate import compile_model, judge
     from petra_hw.search.tune import BASELINE_WEIGHTS
 
     original = next(e for e in run["evaluations"] if e["id"] == run["original"])

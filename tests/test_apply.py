@@ -12,9 +12,9 @@ import torch_pruning as tp
 
 from petra_hw.apply import PrefixCache, apply, shared_prefix
 from petra_hw.baseline import Baseline, score
+from petra_hw.onnx_export import is_fake_quantized
 from petra_hw.pipeline import Pipeline, Step
 from petra_hw.steps.base import ALL_SETTINGS, StepContext, UndeclaredSetting, settings_read
-from petra_hw.steps.qat import is_fake_quantized
 from petra_hw.suite import Split, Splits
 from petra_hw.training import TrainingError
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from petra_hw.artifact import read_artifact
+from petra_hw.assess import compile_model, judge
 from petra_hw.baseline import predict
 from petra_hw.errors import ArtifactError
-from petra_hw.evaluate import compile_model, judge
 from petra_hw.integrity import seal
 from petra_hw.pipeline import Pipeline
 

@@ -19,11 +19,12 @@ import pytest
 from onnx import numpy_helper
 
 from petra_hw.artifact import read_artifact
+from petra_hw.assess import compile_model, judge
 from petra_hw.backend import check_supported, get_backend
 from petra_hw.baseline import predict
 from petra_hw.errors import ArtifactError, UserError
-from petra_hw.evaluate import compile_model, judge
 from petra_hw.pipeline import Pipeline
+from petra_hw.precision import PrecisionIntent
 from petra_hw.profiles import MeasureSettings
 
 ORT_CASES = [
@@ -50,10 +51,15 @@ def reference(digits):
     return {n: predict(digits.model, digits.splits.by_name(n).x) for n in ("val", "test")}
 
 
+def intent(precision: str, options: dict) -> PrecisionIntent:
+    mode, calibration = options.get("int8_mode", ""), options.get("calibration", "minmax")
+    return PrecisionIntent(precision, mode, calibration)
+
+
 def compile_and_judge(baseline, profile, reference, backend, precision, options, out, model=None):
     artifact = compile_model(
         model if model is not None else baseline.model, baseline.suite, baseline.splits, profile,
-        backend, precision, out, pipeline=Pipeline().to_json(), options=options,
+        backend, intent(precision, options), out, pipeline=Pipeline().to_json(),
     )  # fmt: skip
     return judge(artifact, baseline.suite, baseline.splits, profile, reference)
 
@@ -123,8 +129,8 @@ def scalar_scales(artifact) -> dict[str, float]:
 
 def test_entropy_calibration_is_not_minmax(digits, cpu_profile, ort_int8, tmp_path) -> None:
     """ORT's default entropy histogram degenerates to min-max; ours must search thresholds."""
-    entropy = compile_model(digits.model, digits.suite, digits.splits, cpu_profile, "onnxruntime", "int8",
-                            tmp_path / "a", options={"int8_mode": "static", "calibration": "entropy"})  # fmt: skip
+    entropy = compile_model(digits.model, digits.suite, digits.splits, cpu_profile, "onnxruntime",
+                            PrecisionIntent("int8", "static", "entropy"), tmp_path / "a")  # fmt: skip
     minmax, clipped = scalar_scales(ort_int8), scalar_scales(entropy)
     assert minmax.keys() == clipped.keys()
     assert any(clipped[k] < minmax[k] * 0.99 for k in minmax)
@@ -193,8 +199,8 @@ def test_qat_compiles_without_requantizing(
 
 def test_qat_mode_refuses_a_float_model(digits, cpu_profile, tmp_path) -> None:
     with pytest.raises(ValueError, match="no QDQ"):
-        compile_model(digits.model, digits.suite, digits.splits, cpu_profile, "onnxruntime", "int8",
-                      tmp_path / "a", options={"int8_mode": "qat"})  # fmt: skip
+        compile_model(digits.model, digits.suite, digits.splits, cpu_profile, "onnxruntime",
+                      PrecisionIntent("int8", "qat"), tmp_path / "a")  # fmt: skip
 
 
 def test_fp16_on_cpu_profile_refused_before_work(cpu_profile) -> None:
@@ -206,8 +212,8 @@ def test_fp16_on_cpu_profile_refused_before_work(cpu_profile) -> None:
 @pytest.fixture(scope="module")
 def ort_int8(digits, cpu_profile, tmp_path_factory):
     out = tmp_path_factory.mktemp("ort-int8") / "artifact"
-    return compile_model(digits.model, digits.suite, digits.splits, cpu_profile, "onnxruntime", "int8",
-                         out, options={"int8_mode": "static", "calibration": "minmax"})  # fmt: skip
+    return compile_model(digits.model, digits.suite, digits.splits, cpu_profile, "onnxruntime",
+                         PrecisionIntent("int8", "static", "minmax"), out)  # fmt: skip
 
 
 def test_artifact_loads_in_a_fresh_process_elsewhere(ort_int8, digits, tmp_path) -> None:

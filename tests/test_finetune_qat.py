@@ -12,7 +12,7 @@ import torch
 from onnx import numpy_helper
 
 from petra_hw.artifact import InputSpec
-from petra_hw.onnx_export import export_onnx
+from petra_hw.onnx_export import export_onnx, is_fake_quantized
 from petra_hw.pipeline import Pipeline
 from petra_hw.precision import resolve
 from petra_hw.serialize import load_model, save_model
@@ -23,7 +23,6 @@ from petra_hw.steps.qat import (
     FAKE_QUANT,
     RUN,
     fake_quant_train,
-    is_fake_quantized,
     round_fp16,
     round_weights_int8,
     step_roles,

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from petra_hw.artifact import DIGEST, MANIFEST
+from petra_hw.assess import compile_model
 from petra_hw.cli import main
-from petra_hw.evaluate import compile_model
 from petra_hw.integrity import seal
 from petra_hw.pipeline import Pipeline
 

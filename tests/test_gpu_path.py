@@ -33,6 +33,7 @@ from petra_hw.backend import CompileRequest, check_supported, choose_backend, ge
 from petra_hw.errors import ArtifactError, UserError
 from petra_hw.nvml import NvmlSampler, trapezoid_j
 from petra_hw.pipeline import Pipeline
+from petra_hw.precision import PrecisionIntent
 from petra_hw.profiles import (
     MeasureSettings,
     check_host,
@@ -70,8 +71,11 @@ class _Clocked:
 
 
 def _request(digits, tmp_path, precision: str, profile: str = "rtx6000ada", **options):
+    intent = PrecisionIntent(
+        precision, str(options.pop("int8_mode", "")), str(options.pop("calibration", "minmax"))
+    )
     return CompileRequest(
-        precision=precision,
+        intent=intent,
         out_dir=tmp_path / f"{precision}-{profile}",
         input_spec=InputSpec("input", (None, *digits.suite.input_shape)),
         profile=load_profile(profile),

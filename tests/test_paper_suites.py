@@ -307,8 +307,8 @@ def test_coles_trains_with_its_own_loss_and_compresses(tiny_transactions) -> Non
 def test_coles_quality_through_onnxruntime_artifact(
     tiny_transactions, cpu_profile, tmp_path
 ) -> None:
+    from petra_hw.assess import compile_model, judge
     from petra_hw.baseline import predict
-    from petra_hw.evaluate import compile_model, judge
     from petra_hw.profiles import MeasureSettings
 
     suite, splits = tiny_transactions

@@ -16,9 +16,9 @@ import pytest
 
 import petra_hw
 from petra_hw.artifact import DIGEST, MANIFEST, read_artifact
+from petra_hw.assess import compile_model
 from petra_hw.cli import main
 from petra_hw.errors import ArtifactError, UserError
-from petra_hw.evaluate import compile_model
 from petra_hw.integrity import SIGNING_KEY_ENV, seal
 from petra_hw.pipeline import Pipeline
 

@@ -27,7 +27,7 @@ from petra_hw.search.mutation import (
 from petra_hw.search.objectives import ObjectiveConfig, Objectives
 from petra_hw.search.selection import front_ranks, hypervolume, pareto_front, survive
 from petra_hw.search.space import SearchSpace
-from petra_hw.search.strategies import (
+from petra_hw.search.strategy import (
     STRATEGIES,
     PipelineCodec,
     Stopper,

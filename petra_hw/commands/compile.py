@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from petra_hw.backend import Backend
     from petra_hw.pipeline import Pipeline
     from petra_hw.precision import PrecisionIntent
-    from petra_hw.profiles import Profile
+    from petra_hw.profiles import DeviceProfile
     from petra_hw.suite import Suite
 
 COLUMNS = [
@@ -41,9 +41,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from petra_hw.backend import choose_backend, float_precision, get_backend
+    from petra_hw.backend import choose_backend, get_backend
     from petra_hw.pipeline import parse_pipeline
-    from petra_hw.precision import resolve
+    from petra_hw.precision import deployed_intent
     from petra_hw.profiles import check_host, load_profile
     from petra_hw.suite import load_suite
 
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.device)
     for note in check_host(profile):
         errors.print(f"note: {note}")
-    intent = resolve(pipeline, float_precision(profile))
-    backend = get_backend(choose_backend(profile, intent.precision, args.backend, intent.mode))
+    intent = deployed_intent(pipeline, profile)
+    backend = get_backend(choose_backend(profile, intent, args.backend))
     suite = load_suite(args.suite)
     with output_or_nothing(args.out, Path("reports"), f"compile-{suite.name}") as out:
         return _compile(args, pipeline, profile, intent, backend, suite, out)
@@ -61,15 +61,15 @@ def run(args: argparse.Namespace) -> int:
 def _compile(
     args: argparse.Namespace,
     pipeline: Pipeline,
-    profile: Profile,
+    profile: DeviceProfile,
     intent: PrecisionIntent,
     backend: Backend,
     suite: Suite,
     out: Path,
 ) -> int:
     """Everything that writes into ``out`` (removed by the caller when this fails)."""
+    from petra_hw.assess import compile_model, judge
     from petra_hw.baseline import get_baseline, predict
-    from petra_hw.evaluate import compile_model, judge
 
     with console.status(f"baseline for {suite.name} (trained once, then cached)"):
         baseline = get_baseline(suite, args.seed, args.data_dir)
@@ -85,8 +85,8 @@ def _compile(
     reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
     with console.status(f"{backend.name} {intent.label()}: compile, measure, score"):
         artifact = compile_model(
-            model, suite, splits, profile, backend.name, intent.precision, out,
-            pipeline=pipeline.to_json(), options=intent.options(),
+            model, suite, splits, profile, backend.name, intent, out,
+            pipeline=pipeline.to_json(),
         )  # fmt: skip
         result = judge(artifact, suite, splits, profile, reference)
     m, ops, par = result.measurement, result.artifact.manifest.get("op_counts", {}), result.parity

@@ -80,9 +80,9 @@ def _remeasure(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.artifact is not None:
         return _remeasure(args)
+    from petra_hw.assess import compile_model, judge
     from petra_hw.backend import check_supported, get_backend
     from petra_hw.baseline import predict
-    from petra_hw.evaluate import compile_model, judge
     from petra_hw.pipeline import Pipeline
 
     suite, profile, baseline = setup(args)

@@ -109,30 +109,20 @@ def _baseline_weights(run: dict[str, Any], work: Path) -> Path:
 def rebuild(run: dict[str, Any], ev: dict[str, Any], work: Path):
     """Evaluate the candidate again, as its run did; returns the new ``Evaluation``."""
     from petra_hw.pipeline import Pipeline
+    from petra_hw.plugins import load_plugins
     from petra_hw.profiles import check_host, load_profile
-    from petra_hw.search.evaluator import CutRule, EvalContext, evaluate_candidate
-    from petra_hw.search.objectives import ObjectiveConfig
+    from petra_hw.search.evaluator import evaluate_candidate
+    from petra_hw.search.tune import TuneSettings
     from petra_hw.search.types import Candidate
 
-    s = run["settings"]
-    for note in check_host(load_profile(s["device"])):
+    settings = TuneSettings.from_json(run["settings"])
+    load_plugins(settings.plugins)
+    profile = load_profile(settings.device)
+    for note in check_host(profile):
         errors.print(f"note: {note}")
-    context = EvalContext(
-        suite=s["suite"],
-        profile=s["device"],
-        run_dir=work,
-        baseline_weights=_baseline_weights(run, work),
-        seed=s["seed"],
-        data_dir=Path(s["data_dir"]) if s.get("data_dir") else None,
-        mode=s["mode"],
-        backend=ev["backend"],
-        objectives=ObjectiveConfig(
-            higher_is_better=run["metric"]["higher_is_better"],
-            max_latency_ms=s.get("max_latency_ms"),
-            max_size_mb=s.get("max_size_mb"),
-            max_quality_drop=s.get("max_quality_drop"),
-        ),
-        cut=CutRule(),
+    objectives = settings.objective_config(run["metric"]["higher_is_better"], profile.nvml)
+    context = settings.eval_context(
+        work, objectives, baseline_weights=_baseline_weights(run, work), backend=ev["backend"]
     )
     pipeline = Pipeline.from_json(ev["pipeline_json"])
     return evaluate_candidate(Candidate(pipeline, ev["generation"]), context)

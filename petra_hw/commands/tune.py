@@ -2,13 +2,20 @@
 
 A bare ``petra-hw tune`` searches the digits suite on ``--device auto`` for three minutes.  The
 run is journaled under ``--out`` (``runs/`` by default) and ``--resume RUN`` continues it.
+
+Every option's ``dest`` is a field of ``TuneSettings``; ``_settings`` copies them by field name
+(an option left unset keeps the field's default), so a new setting is one field plus one option.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from petra_hw.console import console, errors, mb, table
 from petra_hw.errors import UserError
@@ -43,6 +50,22 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
+def _space_file(text: str) -> dict[str, Any]:
+    """A search space spec from a JSON or TOML file (``SearchSpace.from_spec`` checks it)."""
+    path = Path(text)
+    try:
+        raw = path.read_text()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read space file {text}: {exc.strerror}") from None
+    try:
+        spec = tomllib.loads(raw) if path.suffix == ".toml" else json.loads(raw)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"malformed space file {text}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError(f"space file {text} must hold an object/table")
+    return spec
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="search compression pipelines measured on the device (default)")
     p.add_argument("--suite", default="digits", help="bundled suite name or path to a suite.py")
@@ -50,18 +73,29 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="where suites look for data files")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, training and search")
     p.add_argument(
-        "--budget", type=parse_budget, default=None, help="time budget: 600s, 10m, 1h (default 3m)"
+        "--budget",
+        dest="budget_s",
+        type=parse_budget,
+        default=None,
+        help="time budget: 600s, 10m, 1h (default 3m)",
     )
     p.add_argument("--generations", type=_positive_int, default=None, help="stop after N")
     p.add_argument(
         "--evaluations", type=_positive_int, default=None, help="stop after N candidates"
     )
     p.add_argument("--population", type=_positive_int, default=4, help="candidates per generation")
-    p.add_argument("--strategy", choices=("evolution", "random", "nsga2"), default="evolution")
-    p.add_argument("--executor", choices=("local", "ray"), default=None, help="default local")
+    p.add_argument(
+        "--strategy",
+        default=None,
+        help="registered search strategy: evolution (default); random or nsga2 for comparison "
+        "runs; or a plug-in's",
+    )
+    p.add_argument("--executor", default=None, help="local (default), ray, or a plug-in's")
     p.add_argument("--address", default=None, help="Ray cluster address (--executor ray)")
     p.add_argument("--workers", type=_positive_int, default=None, help="local worker processes")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per candidate")
+    p.add_argument(
+        "--timeout", dest="timeout_s", type=float, default=None, help="seconds per candidate"
+    )
     p.add_argument("--backend", default=None, help="pin one backend of the device")
     p.add_argument("--max-latency-ms", type=float, default=None, help="p50 latency at batch 1")
     p.add_argument("--max-size-mb", type=float, default=None, help="artifact size on disk")
@@ -110,6 +144,23 @@ def add_parser(sub) -> None:
         help="skip the one-shot peers and the training control (comparison runs)",
     )
     p.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained")
+    p.add_argument(
+        "--space",
+        type=_space_file,
+        default=None,
+        metavar="FILE",
+        help="search space spec (JSON or TOML: kinds, max_len, min_len, params); "
+        "default: the suite's space, else every kind the device deploys",
+    )
+    p.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=None,
+        metavar="MODULE",
+        help="module name or .py file registering step kinds, backends, strategies or "
+        "executors (repeatable; see docs/extending.md)",
+    )
     p.add_argument("--resume", metavar="RUN", default=None, help="continue a run (id or folder)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="base folder of run folders")
     p.set_defaults(func=run)
@@ -257,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
         status.update(_status(p))
 
     if args.resume:
+        if args.space is not None or args.plugins:
+            raise UserError("a resumed run keeps its journaled --space and --plugin")
         with status:
             result = resume(
                 args.resume,
@@ -288,32 +341,13 @@ def _settings(args: argparse.Namespace, cls):
     else:
         for note in check_host(load_profile(args.device)):
             errors.print(f"note: {note}")
-    budget = args.budget
-    if budget is None and args.generations is None and args.evaluations is None:
-        budget = DEFAULT_BUDGET_S
-    return cls(
-        suite=args.suite,
-        device=args.device,
-        data_dir=str(args.data_dir) if args.data_dir else None,
-        seed=args.seed,
-        budget_s=budget,
-        generations=args.generations,
-        evaluations=args.evaluations,
-        population=args.population,
-        strategy=args.strategy,
-        executor=args.executor or "local",
-        address=args.address,
-        workers=args.workers or 1,
-        timeout_s=args.timeout,
-        max_latency_ms=args.max_latency_ms,
-        max_size_mb=args.max_size_mb,
-        max_quality_drop=args.max_quality_drop,
-        target_latency_ms=args.target_latency_ms,
-        target_size_mb=args.target_size_mb,
-        target_quality_drop=args.target_quality_drop,
-        stagnation=args.stagnation,
-        objectives=args.objectives,
-        mode=args.mode,
-        backend=args.backend,
-        references=args.references,
-    )
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+    if isinstance(given.get("data_dir"), Path):
+        given["data_dir"] = str(given["data_dir"])
+    if "budget_s" not in given and args.generations is None and args.evaluations is None:
+        given["budget_s"] = DEFAULT_BUDGET_S
+    return cls(**given)

@@ -21,9 +21,10 @@ import numpy as np
 from petra_hw import __version__
 from petra_hw.errors import UserError
 from petra_hw.references import get_recipe
-from petra_hw.search.objectives import DEFAULT_OBJECTIVES, ObjectiveConfig, Objectives
+from petra_hw.search.objectives import Objectives
 from petra_hw.search.selection import pareto_front
 from petra_hw.search.store import JOURNAL_NAME, Store
+from petra_hw.search.tune import TuneSettings
 from petra_hw.search.types import Evaluation
 from petra_hw.value import compare, quality_budget, undertrained, within_budget
 
@@ -218,14 +219,10 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
     names: tuple[str, ...] = ()
     front: list[Evaluation] = []
     if original is not None and original.ok:
-        config = ObjectiveConfig(
-            # the run's own objectives; older runs and defaults: quality, latency, size, energy
-            names=tuple(settings.get("objectives") or (*DEFAULT_OBJECTIVES, "energy_j")),
-            higher_is_better=metric["higher_is_better"],
-            split=SELECTION_SPLIT,
-            max_latency_ms=settings.get("max_latency_ms"),
-            max_size_mb=settings.get("max_size_mb"),
-            max_quality_drop=settings.get("max_quality_drop"),
+        # the run's own objectives; older runs and defaults: quality, latency, size (+ energy
+        # where measured: inactive objectives drop out below)
+        config = TuneSettings.from_json(settings).objective_config(
+            metric["higher_is_better"], energy=True, split=SELECTION_SPLIT
         )
         objectives = Objectives(config, original)
         names = objectives.active_names(evaluations)

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
-from petra_hw.backend import float_precision
 from petra_hw.pipeline import Pipeline
-from petra_hw.precision import resolve
+from petra_hw.precision import float_precision, resolve
 
 COLUMNS = ("quality", "latency ms", "throughput ips", "size MB", "backend, precision")
 NOT_RUNNABLE_KINDS = ("compile",)
@@ -43,7 +41,7 @@ def _pct(value: float, ref: float | None) -> str:
 
 
 def fmt_cell(value: float | None, ref: float | None, digits: int, scale: float = 1.0) -> str:
-    """``value (±x%)``; no percentage for the reference row itself (``ref`` None)."""
+    """``value (±x%)``; no percentage for the Original's row itself (``ref`` None)."""
     if value is None:
         return "-"
     v = value / scale
@@ -73,8 +71,8 @@ def _missing(run: dict[str, Any], pipeline_json: dict[str, Any]) -> str:
     profile = run["profile"]
     precisions = profile.get("precisions")
     if precisions:
-        device = SimpleNamespace(is_gpu=profile.get("device_kind") == "gpu", precisions=precisions)
-        intent = resolve(Pipeline.from_json(pipeline_json), float_precision(device))
+        device_float = float_precision(str(profile.get("device_kind")), precisions)
+        intent = resolve(Pipeline.from_json(pipeline_json), device_float)
         if intent.precision not in precisions:
             return f"not runnable ({profile['name']} has no {intent.precision})"
     return "not measured"

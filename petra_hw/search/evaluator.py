@@ -23,7 +23,8 @@ Fault injection for tests: ``PETRA_HW_FAULT`` (read only by ``fault_from_env``, 
 ``step`` (raises while applying), ``export`` (raises while compiling), ``nan`` (NaN weights, so a
 training step meets a NaN loss), ``timeout`` (hangs), ``crash`` (the worker is SIGKILLed, as by the
 OOM killer), ``segfault`` (dereferences NULL), ``diskfull`` (raises ENOSPC, as a full disk
-does).  ``KIND@Step`` limits it to pipelines containing that step kind, e.g. ``nan@Tr``.  The Original is never faulted: it is the run's reference.
+does).  ``KIND@Step`` limits it to pipelines containing that step kind, e.g. ``nan@Tr``.  The
+Original is never faulted: every objective is normalised against it.
 """
 
 from __future__ import annotations
@@ -47,17 +48,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from petra_hw.assess import compile_model, judge
 from petra_hw.backend import choose_backend as _choose_backend
-from petra_hw.backend import float_precision
 from petra_hw.baseline import Baseline, predict
 from petra_hw.errors import UserError
-from petra_hw.evaluate import compile_model, judge
 from petra_hw.fsutil import disk_full
 from petra_hw.nncf_extension import ExtensionBuildError
 from petra_hw.pipeline import Pipeline, Step
-from petra_hw.precision import resolve
+from petra_hw.plugins import load_plugins
+from petra_hw.precision import PrecisionIntent, deployed_intent
 from petra_hw.profiler import LOCK_PATH
-from petra_hw.profiles import Profile, load_profile
+from petra_hw.profiles import DeviceProfile, load_profile
 from petra_hw.references import get_recipe
 from petra_hw.search.objectives import ObjectiveConfig, Objectives
 from petra_hw.search.types import Candidate, Evaluation
@@ -119,12 +120,13 @@ class EvalContext:
     mode: str = "pretrained"  # "untrained": each candidate trains the model first (see below)
     backend: str | None = None  # pin one backend of the profile
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # holds the constraints
-    reference: Evaluation | None = None  # the Original's evaluation, once known
+    original: Evaluation | None = None  # the Original's evaluation, once known
     cut: CutRule | None = field(default_factory=CutRule)
     cache_bytes: int = 1 << 30  # prefix cache size under run_dir/prefix-cache
     prefix_reuse: bool = True  # False: every candidate recomputes its whole pipeline
     train_threads: int = 0  # torch threads for training in this worker (0: leave as is)
     fault: str | None = None
+    plugins: tuple[str, ...] = ()  # imported first in every process (petra_hw.plugins)
 
 
 def fault_from_env() -> str | None:
@@ -223,9 +225,9 @@ def measuring() -> Iterator[None]:
 @dataclass
 class _Env:
     suite: Suite
-    profile: Profile
+    profile: DeviceProfile
     baseline: Baseline
-    reference_outputs: dict[str, np.ndarray] | None  # FP32 baseline outputs for parity
+    original_outputs: dict[str, np.ndarray] | None  # the Original's FP32 outputs, for parity
     # loss setting -> (starting model loss, constant predictor loss) on calib
     base_losses: dict[str, tuple[float, float]] = field(default_factory=dict)
     caches: dict[Path, object] = field(default_factory=dict)  # run folder -> its PrefixCache
@@ -246,10 +248,10 @@ def _load_env(ctx: EvalContext) -> _Env:
     model.load_state_dict(torch.load(ctx.baseline_weights, weights_only=True, map_location="cpu"))
     model.eval()
     baseline = Baseline(suite, model, splits, ctx.seed, {}, cached=True)
-    reference = None
+    original_outputs = None
     if ctx.mode == "pretrained":
-        reference = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
-    env = _Env(suite, profile, baseline, reference)
+        original_outputs = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
+    env = _Env(suite, profile, baseline, original_outputs)
     _ENVS[key] = env
     return env
 
@@ -267,21 +269,21 @@ def _prefix_cache(env: _Env, ctx: EvalContext, fault: str | None):
 
 
 def choose_backend(
-    profile: Profile, precision: str, pinned: str | None = None, mode: str = ""
+    profile: DeviceProfile, intent: PrecisionIntent, pinned: str | None = None
 ) -> str:
     """``petra_hw.backend.choose_backend``, with the refusal recorded as a compile error."""
     try:
-        return _choose_backend(profile, precision, pinned, mode)
+        return _choose_backend(profile, intent, pinned)
     except UserError as exc:
         raise _Failed("compile", str(exc)) from None
 
 
-def deployable_precisions(profile: Profile, pinned: str | None = None) -> tuple[str, ...]:
+def deployable_precisions(profile: DeviceProfile, pinned: str | None = None) -> tuple[str, ...]:
     """The profile's precisions that an available backend (or the pinned one) compiles here."""
     usable = []
     for precision in profile.precisions:
         try:
-            choose_backend(profile, precision, pinned)
+            choose_backend(profile, PrecisionIntent(precision), pinned)
         except _Failed:
             continue
         usable.append(precision)
@@ -390,10 +392,10 @@ def objectives_of(assessment, pipeline: Pipeline) -> dict[str, float]:
     return out
 
 
-def feasible(ev: Evaluation, config: ObjectiveConfig, reference: Evaluation | None) -> bool:
+def feasible(ev: Evaluation, config: ObjectiveConfig, original: Evaluation | None) -> bool:
     """Whether ``ev`` meets the run's constraints, by the same rule the search ranks with
-    (``petra_hw.search.objectives``); the Original is its own reference."""
-    return Objectives(config, reference or ev).violation(ev) <= 0
+    (``petra_hw.search.objectives``); the Original is measured against itself."""
+    return Objectives(config, original or ev).violation(ev) <= 0
 
 
 def evaluate_candidate(candidate: Candidate, context: EvalContext) -> Evaluation:
@@ -426,6 +428,7 @@ def _evaluate(
 ) -> Evaluation:
     start = time.perf_counter()
     with _phase("setup"):
+        load_plugins(ctx.plugins)  # a spawned worker or Ray task has not imported them yet
         env = _load_env(ctx)
     if ctx.train_threads:
         torch.set_num_threads(ctx.train_threads)
@@ -433,17 +436,15 @@ def _evaluate(
     pipeline = candidate.pipeline
     if candidate.reference:  # a one-shot recipe: its own backend and options, never the pin
         recipe = get_recipe(candidate.reference)
-        intent = recipe.intent(float_precision(profile))
-        options = recipe.compile_options(float_precision(profile))
+        intent = recipe.intent(deployed_intent(Pipeline.make(), profile).precision)
+        options = dict(recipe.options)
         state["precision"] = intent.label()
-        backend = choose_backend(
-            profile, intent.precision, recipe.backend or ctx.backend, intent.mode
-        )
+        backend = choose_backend(profile, intent, recipe.backend or ctx.backend)
     else:
-        intent = resolve(pipeline, float_precision(profile))
-        options = intent.options()
+        intent = deployed_intent(pipeline, profile)
+        options = {}
         state["precision"] = intent.label()
-        backend = choose_backend(profile, intent.precision, ctx.backend, intent.mode)
+        backend = choose_backend(profile, intent, ctx.backend)
     state["backend"] = backend
     fault = _active_fault(ctx.fault, pipeline)
     out_dir = ctx.run_dir / ("references" if candidate.reference else "candidates") / candidate.id
@@ -487,18 +488,18 @@ def _evaluate(
                 splits,
                 profile,
                 backend,
-                intent.precision,
+                intent,
                 out_dir,
                 pipeline=pipeline.to_json(),
                 options=options,
             )
         timings["compile_s"] = time.perf_counter() - t
-        reference = env.reference_outputs
-        if reference is None:  # untrained mode: parity against this candidate's own FP32 model
-            reference = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
+        expected = env.original_outputs
+        if expected is None:  # untrained mode: parity against this candidate's own FP32 model
+            expected = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
 
     with _phase("measure", ctx.run_dir), measuring():
-        assessment = judge(artifact, suite, splits, profile, reference)
+        assessment = judge(artifact, suite, splits, profile, expected)
     timings.update(assessment.timings_s)
     values = [*assessment.quality.values(), assessment.parity.get("max_abs_diff", 0.0)]
     if not all(math.isfinite(v) for v in values):
@@ -521,7 +522,7 @@ def _evaluate(
         timings_s=timings,
         cache_hit_steps=applied.cache_hit,
     )
-    return replace(ev, feasible=feasible(ev, ctx.objectives, ctx.reference))
+    return replace(ev, feasible=feasible(ev, ctx.objectives, ctx.original))
 
 
 def measured_label(label: str, manifest: dict) -> str:

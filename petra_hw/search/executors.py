@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import logging
 import multiprocessing as mp
 import os
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
@@ -383,6 +384,47 @@ class RayExecutor:
         self.close()
 
 
+# -- the registry ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """How a run asks to execute: what every executor factory receives besides the context."""
+
+    workers: int = 1
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    address: str | None = None
+    resources: dict[str, float] | None = None
+
+
+ExecutorFactory = Callable[[EvalContext, ExecutorOptions], Executor]
+EXECUTORS: dict[str, ExecutorFactory] = {}
+
+
+def register_executor(name: str) -> Callable[[ExecutorFactory], ExecutorFactory]:
+    """Make a factory ``(context, options) -> Executor`` available as ``tune --executor NAME``."""
+
+    def deco(factory: ExecutorFactory) -> ExecutorFactory:
+        EXECUTORS[name] = factory
+        return factory
+
+    return deco
+
+
+@register_executor("local")
+def _local(context: EvalContext, options: ExecutorOptions) -> Executor:
+    return LocalExecutor(context, workers=options.workers, timeout_s=options.timeout_s)
+
+
+@register_executor("ray")
+def _ray(context: EvalContext, options: ExecutorOptions) -> Executor:
+    if importlib.util.find_spec("ray") is None:
+        from petra_hw.errors import UserError
+
+        raise UserError("--executor ray needs Ray: pip install 'petra-hw[ray]'")
+    return RayExecutor(
+        context, address=options.address, resources=options.resources, timeout_s=options.timeout_s
+    )
+
+
 def make_executor(
     kind: str,
     context: EvalContext,
@@ -392,14 +434,9 @@ def make_executor(
     address: str | None = None,
     resources: dict[str, float] | None = None,
 ) -> Executor:
-    if kind == "local":
-        return LocalExecutor(context, workers=workers, timeout_s=timeout_s)
-    if kind == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            from petra_hw.errors import UserError
+    """A registered executor by name."""
+    if kind not in EXECUTORS:
+        from petra_hw.errors import UserError
 
-            raise UserError("--executor ray needs Ray: pip install 'petra-hw[ray]'") from None
-        return RayExecutor(context, address=address, resources=resources, timeout_s=timeout_s)
-    raise ValueError(f"unknown executor {kind!r}")
+        raise UserError(f"unknown executor {kind!r} (known: {', '.join(EXECUTORS)})")
+    return EXECUTORS[kind](context, ExecutorOptions(workers, timeout_s, address, resources))

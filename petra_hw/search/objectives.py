@@ -1,13 +1,13 @@
 """From evaluations to a minimization problem: normalized objectives, constraints, failures.
 
-Every objective is made dimensionless against the baseline (the uncompressed model measured the
+Every objective is made dimensionless against the Original (the uncompressed model measured the
 same way) and turned into "smaller is better", so that one fixed reference point and one
 hypervolume make sense across suites and devices:
 
-- ``quality``: relative drop versus the baseline on the val split, ``(q0 - q) / |q0|`` for a metric
-  where higher is better and ``(q - q0) / |q0|`` otherwise (0 = as good as the baseline);
-- ``latency_ms``, ``size_bytes``, ``energy_j``: value / baseline value (1 = as the baseline);
-- ``throughput_ips``: baseline / value (maximized, so inverted);
+- ``quality``: relative drop versus the Original on the val split, ``(q0 - q) / |q0|`` for a metric
+  where higher is better and ``(q - q0) / |q0|`` otherwise (0 = as good as the Original);
+- ``latency_ms``, ``size_bytes``, ``energy_j``: value / the Original's value (1 = as the Original);
+- ``throughput_ips``: the Original's value / value (maximized, so inverted);
 - ``complexity``: steps (or whatever the evaluator reports as ``complexity``) / ``complexity_scale``.
 
 Hardware constraints become a violation amount (0 = feasible) for Deb's constrained domination.
@@ -41,7 +41,7 @@ DEFAULT_WORST_QUALITY_DROP = 0.1  # worst allowed relative drop when the run set
 class ObjectiveConfig:
     """Which objectives a run optimizes and which hardware constraints it must meet.
 
-    ``max_quality_drop`` is relative to the baseline metric (0.01 = 1% of it); ``max_latency_ms``
+    ``max_quality_drop`` is relative to the Original's metric (0.01 = 1% of it); ``max_latency_ms``
     bounds the p50 latency at batch 1; ``max_size_mb`` bounds the artifact's bytes on disk.
     """
 
@@ -77,16 +77,16 @@ class ObjectiveMatrix:
 
 
 class Objectives:
-    """Normalizes evaluations against one baseline evaluation under one config."""
+    """Normalizes evaluations against the Original's evaluation under one config."""
 
-    def __init__(self, config: ObjectiveConfig, baseline: Evaluation):
-        if not baseline.ok:
-            raise ValueError(f"the baseline evaluation failed: {baseline.error}")
-        q0 = baseline.quality.get(config.split)
+    def __init__(self, config: ObjectiveConfig, original: Evaluation):
+        if not original.ok:
+            raise ValueError(f"the Original's evaluation failed: {original.error}")
+        q0 = original.quality.get(config.split)
         if q0 is None or not math.isfinite(q0):
-            raise ValueError(f"the baseline has no finite quality on split {config.split!r}")
+            raise ValueError(f"the Original has no finite quality on split {config.split!r}")
         self.config = config
-        self.baseline = baseline
+        self.original = original
         self._q0 = float(q0)
         self._warned: set[str] = set()
 
@@ -105,7 +105,7 @@ class Objectives:
         if name == "complexity":
             raw = ev.objectives.get("complexity", float(len(ev.candidate.pipeline)))
             return float(raw) / self.config.complexity_scale
-        value, base = ev.objectives.get(name), self.baseline.objectives.get(name)
+        value, base = ev.objectives.get(name), self.original.objectives.get(name)
         if value is None or base is None or not math.isfinite(value) or base <= 0:
             return math.nan
         if OBJECTIVE_DIRECTIONS[name]:
@@ -128,11 +128,11 @@ class Objectives:
 
     # -- matrices -----------------------------------------------------------------------------
     def active_names(self, evaluations: Iterable[Evaluation] = ()) -> tuple[str, ...]:
-        """The configured objectives, less ``energy_j`` unless the baseline and every successful
+        """The configured objectives, less ``energy_j`` unless the Original and every successful
         evaluation report it (a partial energy column would make failures out of good models)."""
         names = list(self.config.names)
         if "energy_j" in names:
-            have = "energy_j" in self.baseline.objectives and all(
+            have = "energy_j" in self.original.objectives and all(
                 "energy_j" in e.objectives for e in evaluations if e.ok
             )
             if not have:
@@ -164,12 +164,12 @@ class Objectives:
     def reference_point(self, names: Sequence[str] | None = None) -> np.ndarray:
         """A fixed point: 10% beyond the worst *allowed* value of each normalized objective.
 
-        Allowed = the constraint where the run sets one, else no worse than the baseline (ratio 1),
+        Allowed = the constraint where the run sets one, else no worse than the Original (ratio 1),
         a ``DEFAULT_WORST_QUALITY_DROP`` relative quality drop, and ``complexity_scale`` steps.
         Being fixed, hypervolumes of one run are comparable from generation to generation.
         """
         names = tuple(names) if names is not None else self.active_names()
-        c, base = self.config, self.baseline.objectives
+        c, base = self.config, self.original.objectives
         worst = []
         for name in names:
             w = 1.0

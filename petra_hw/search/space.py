@@ -2,7 +2,8 @@
 
 The kind table (``petra_hw.kinds``) says what is *legal*; the space says what is *worth searching*
 on a budget: epochs stay small (1-3) so candidates are cheap on a laptop, regularization weights
-move on a log scale that excludes zero, and FP16 is offered only where a GPU runs it.  A suite or the
+move on a log scale that excludes zero, and a kind is offered only on the device classes its
+``KindSpec.devices`` names (FP16: GPUs) and where the profile deploys its precision.  A suite or the
 CLI narrows it with a JSON-able spec::
 
     SearchSpace.from_spec({"kinds": ["LR", "Pr", "PTQ"], "max_len": 3,
@@ -25,12 +26,9 @@ from typing import Any
 import numpy as np
 
 from petra_hw.errors import UserError
-from petra_hw.kinds import KINDS, SETTINGS, ParamSpec, ParamValue, kind_spec
+from petra_hw.kinds import KINDS, SETTINGS, ParamSpec, ParamValue, kind_spec, kinds_for
 from petra_hw.pipeline import Pipeline, Step
 
-CPU_KINDS = ("Tr", "Reg", "LR", "Pr", "QAT", "PTQ", "PDQ")
-GPU_KINDS = (*CPU_KINDS, "FP16")
-INT8_KINDS = ("QAT", "PTQ", "PDQ")
 DEFAULT_MAX_LEN = 4
 FLOAT_DIGITS = 3  # significant digits kept on searched floats: readable genomes, fewer near-twins
 
@@ -46,20 +44,13 @@ _DEFAULT_INTERVALS: dict[str, tuple[float, float]] = {
 }
 # The suite's own loss unless the suite widens it: a regression loss on a classifier is a waste.
 _DEFAULT_CHOICES: dict[str, tuple[ParamValue, ...]] = {"loss": ("default",)}
-# Parameters a step ignores unless another one has certain values (ConfigSpace-style conditions,
-# read off ``petra_hw.steps.regularized``): mutating them is wasted work, and holding them at their
-# defaults makes equivalent steps hash the same.
-_ACTIVE_WHEN: dict[tuple[str, str], tuple[str, tuple[ParamValue, ...]]] = {
-    ("Reg", "lambda_o"): ("reg", ("orth_hoyer",)),
-    ("Reg", "lambda_h"): ("reg", ("orth_hoyer",)),
-    ("Reg", "strength"): ("reg", ("lai", "sparsity", "norm")),
-}
 
 
 def is_active(step: Step, name: str) -> bool:
-    """Whether ``step`` reads parameter ``name`` given its other parameters."""
-    cond = _ACTIVE_WHEN.get((step.kind, name))
-    return cond is None or step[cond[0]] in cond[1]
+    """Whether ``step`` reads parameter ``name`` given its other parameters
+    (``KindSpec.conditions``)."""
+    cond = step.spec.condition(name)
+    return cond is None or step[cond.on] in cond.values
 
 
 def with_inactive_defaults(step: Step) -> Step:
@@ -213,7 +204,7 @@ def _settings_key(key: str) -> str | None:
 class SearchSpace:
     """Allowed kinds, pipeline length and parameter ranges; JSON round trip via ``to_spec``."""
 
-    kinds: tuple[str, ...] = CPU_KINDS
+    kinds: tuple[str, ...] = field(default_factory=lambda: kinds_for("cpu"))
     max_len: int = DEFAULT_MAX_LEN
     min_len: int = 1
     ranges: Mapping[str, ParamRange] = field(default_factory=dict)
@@ -241,23 +232,27 @@ class SearchSpace:
     # -- construction -----------------------------------------------------------------------
     @staticmethod
     def default(gpu: bool = False) -> SearchSpace:
-        return SearchSpace(GPU_KINDS if gpu else CPU_KINDS)
+        return SearchSpace(kinds_for("gpu" if gpu else "cpu"))
 
     @staticmethod
     def from_spec(spec: Mapping[str, Any] | None = None, gpu: bool = False) -> SearchSpace:
-        """Build from a suite's or the CLI's spec; ``gpu`` admits FP16 (a GPU-only precision)."""
+        """Build from a suite's or the CLI's spec; ``gpu`` admits GPU-only kinds (FP16)."""
         spec = dict(spec or {})
         unknown = set(spec) - {"kinds", "max_len", "min_len", "params"}
         if unknown:
             raise UserError(
                 f"unknown search space fields {sorted(unknown)} (known: kinds, max_len, min_len, params)"
             )
-        listed = spec.get("kinds", GPU_KINDS if gpu else CPU_KINDS)
+        device_class = "gpu" if gpu else "cpu"
+        listed = spec.get("kinds", kinds_for(device_class))
         if isinstance(listed, str) or not listed:
             raise UserError('search space: kinds must be a non-empty list, e.g. ["LR", "Pr"]')
         kinds = tuple(kind_spec(str(k)).name for k in listed)
-        if "FP16" in kinds and not gpu:
-            raise UserError("search space: FP16 needs a GPU profile")
+        for k in kinds:
+            if device_class not in KINDS[k].devices:
+                raise UserError(
+                    f"search space: {k} needs a {' or '.join(d.upper() for d in KINDS[k].devices)} profile"
+                )
         kinds = tuple(dict.fromkeys(kinds))
         ranges: dict[str, ParamRange] = {}
         for key, raw in dict(spec.get("params", {})).items():
@@ -285,17 +280,17 @@ class SearchSpace:
 
     @staticmethod
     def for_profile(profile: Any, spec: Mapping[str, Any] | None = None) -> SearchSpace:
-        """The space a profile can deploy: FP16 on GPUs, INT8 kinds where the profile runs int8."""
+        """The space a profile can deploy: the kinds of its device class whose precision (if they
+        ask for one) the profile runs."""
         gpu = bool(profile.is_gpu)
         spec = dict(spec or {})
         if "kinds" not in spec:
             precisions = set(profile.precisions)
-            kinds = list(GPU_KINDS if gpu else CPU_KINDS)
-            if "int8" not in precisions:
-                kinds = [k for k in kinds if k not in INT8_KINDS]
-            if "fp16" not in precisions:
-                kinds = [k for k in kinds if k != "FP16"]
-            spec["kinds"] = kinds
+            spec["kinds"] = [
+                k
+                for k in kinds_for("gpu" if gpu else "cpu")
+                if not KINDS[k].quantizes or KINDS[k].precision in precisions
+            ]
         return SearchSpace.from_spec(spec, gpu=gpu)
 
     def to_spec(self) -> dict[str, Any]:

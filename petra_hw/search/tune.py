@@ -1,5 +1,11 @@
 """The tune loop: evaluate the Original, then ask/tell a strategy until a stopping rule holds.
 
+``TuneSettings`` is a run's whole configuration, journaled at creation: the search space included
+(``space``, the full spec the run searches), so ``resume`` searches what the run searched whichever
+host it resumes on, and ``plugins`` (modules that register kinds, backends, strategies, executors),
+which every process of the run imports first.  Its methods build what tune, report and reproduce
+share: the objective config, the evaluation context and the search space.
+
 A run lives in its folder ``<out>/<run_id>/``: ``journal.sqlite`` (the store), ``baseline.pt``
 (the weights every candidate starts from), ``candidates/<id>/`` (artifacts) and
 ``prefix-cache/``.  Every evaluation is journaled the moment it finishes; the strategy is
@@ -31,6 +37,7 @@ import torch
 from petra_hw.errors import DiskFull, UserError
 from petra_hw.fsutil import disk_full
 from petra_hw.pipeline import Pipeline
+from petra_hw.precision import float_precision
 from petra_hw.search.evaluator import (
     DISK_FULL,
     INFRA,
@@ -39,7 +46,6 @@ from petra_hw.search.evaluator import (
     EvalContext,
     deployable_precisions,
     fault_from_env,
-    float_precision,
 )
 from petra_hw.search.executors import DEFAULT_TIMEOUT_S, Executor, make_executor
 from petra_hw.search.objectives import KNOWN_OBJECTIVES, QUALITY, ObjectiveConfig, Objectives
@@ -48,7 +54,9 @@ from petra_hw.search.store import JOURNAL_NAME, Store
 from petra_hw.search.types import Candidate, Evaluation
 
 if TYPE_CHECKING:
-    from petra_hw.search.strategies import Target
+    from petra_hw.profiles import DeviceProfile
+    from petra_hw.search.space import SearchSpace
+    from petra_hw.search.strategy import Target
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,10 @@ class TuneSettings:
     objectives: tuple[str, ...] | None = None
     mode: str = "pretrained"
     backend: str | None = None  # pin one backend of the profile
+    # A SearchSpace spec (see petra_hw.search.space); None: the suite's ``space``, else the
+    # profile's default.  A new run journals the full spec it searches here.
+    space: dict[str, Any] | None = None
+    plugins: tuple[str, ...] = ()  # module names or .py paths imported before anything else
     # Build the device's one-shot peers and the training control (``petra_hw.references``) after
     # the Original; their time is reported apart and not charged to ``budget_s``.
     references: bool = True
@@ -100,8 +112,7 @@ class TuneSettings:
             raise UserError(f"unknown mode '{self.mode}' (choose {', '.join(MODES)})")
         if self.population < 1 or self.workers < 1:
             raise UserError("--population and --workers must be at least 1")
-        if self.executor not in ("local", "ray"):
-            raise UserError(f"unknown executor '{self.executor}' (choose local or ray)")
+        object.__setattr__(self, "plugins", tuple(self.plugins))  # a JSON list after a resume
         if self.stagnation is not None and self.stagnation < 1:
             raise UserError("--stagnation must be at least 1 generation")
         if self.objectives is not None:
@@ -116,7 +127,7 @@ class TuneSettings:
 
     def target(self) -> Target | None:
         """The 'good enough' rule, or None when no target bound is set."""
-        from petra_hw.search.strategies import Target
+        from petra_hw.search.strategy import Target
 
         bounds = (self.target_quality_drop, self.target_latency_ms, self.target_size_mb)
         if all(b is None for b in bounds):
@@ -129,6 +140,80 @@ class TuneSettings:
         if self.budget_s is not None:
             return max(60.0, min(DEFAULT_TIMEOUT_S, self.budget_s))
         return DEFAULT_TIMEOUT_S
+
+    def check_registered(self) -> None:
+        """The strategy and executor exist (after the plug-ins are loaded)."""
+        from petra_hw.search.executors import EXECUTORS
+        from petra_hw.search.strategy import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise UserError(
+                f"unknown search strategy '{self.strategy}' (known: {', '.join(STRATEGIES)})"
+            )
+        if self.executor not in EXECUTORS:
+            raise UserError(f"unknown executor '{self.executor}' (known: {', '.join(EXECUTORS)})")
+
+    def objective_names(self, energy: bool) -> tuple[str, ...]:
+        """The user's objectives, else the defaults plus ``energy_j`` where the device reports
+        energy (``energy``)."""
+        if self.objectives is None:
+            defaults = ObjectiveConfig().names
+            return (*defaults, "energy_j") if energy else defaults
+        if "energy_j" in self.objectives and not energy:
+            raise UserError("energy_j is no objective on this device: it reports no energy")
+        return self.objectives
+
+    def objective_config(
+        self, higher_is_better: bool, energy: bool, split: str = "val"
+    ) -> ObjectiveConfig:
+        """Objectives and constraints of the run (tune, report and reproduce build it here)."""
+        return ObjectiveConfig(
+            names=self.objective_names(energy),
+            higher_is_better=higher_is_better,
+            split=split,
+            max_latency_ms=self.max_latency_ms,
+            max_size_mb=self.max_size_mb,
+            max_quality_drop=self.max_quality_drop,
+        )
+
+    def eval_context(
+        self,
+        run_dir: Path,
+        objectives: ObjectiveConfig,
+        baseline_weights: Path | None = None,
+        backend: str | None = None,
+    ) -> EvalContext:
+        """What a worker needs to evaluate this run's candidates (``backend`` overrides the pin).
+
+        The loop adds the Original's evaluation (``original``) once it is measured."""
+        return EvalContext(
+            suite=self.suite,
+            profile=self.device,
+            run_dir=run_dir,
+            baseline_weights=baseline_weights or run_dir / BASELINE_WEIGHTS,
+            seed=self.seed,
+            data_dir=Path(self.data_dir) if self.data_dir else None,
+            mode=self.mode,
+            backend=backend or self.backend,
+            objectives=objectives,
+            cut=CutRule(),
+            fault=fault_from_env(),
+            plugins=self.plugins,
+        )
+
+    def search_space(
+        self, profile: DeviceProfile, suite_space: dict[str, Any] | None = None
+    ) -> SearchSpace:
+        """The run's space: the journaled spec as is; for a new run the given spec (``space``,
+        else the suite's) on the kinds whose precision an available backend compiles here."""
+        from petra_hw.search.space import SearchSpace
+
+        if self.space is not None and _is_full(self.space):
+            return SearchSpace.from_spec(self.space, gpu=profile.is_gpu)
+        usable = dataclasses.replace(
+            profile, precisions=deployable_precisions(profile, self.backend)
+        )
+        return SearchSpace.for_profile(usable, self.space or suite_space)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,6 +257,11 @@ class TuneResult:
 Callback = Callable[[TuneProgress], None]
 
 
+def _is_full(spec: dict[str, Any]) -> bool:
+    """A spec as ``SearchSpace.to_spec`` writes it (every field), i.e. one a run journaled."""
+    return {"kinds", "max_len", "min_len", "params"} <= set(spec)
+
+
 def _absolute(value: str | None) -> str | None:
     """Paths the user gave become absolute, so workers (and Ray nodes) resolve them alike."""
     if value is None:
@@ -207,17 +297,25 @@ def tune(
     """Start a new run under ``out`` and search until a stopping rule holds."""
     from petra_hw.baseline import get_baseline, seed_everything
     from petra_hw.fingerprint import fingerprint
+    from petra_hw.plugins import load_plugins
     from petra_hw.profiles import check_host, load_profile
     from petra_hw.suite import load_suite
 
+    settings = dataclasses.replace(
+        settings, plugins=tuple(_absolute(p) or p for p in settings.plugins)
+    )
+    load_plugins(settings.plugins)
+    settings.check_registered()
     profile = load_profile(settings.device)
     check_host(profile)
     suite = load_suite(settings.suite)
+    space = settings.search_space(profile, suite.space)
     settings = dataclasses.replace(
         settings,
         suite=_absolute(settings.suite) or settings.suite,
         device=profile.source or profile.name,
         data_dir=_absolute(settings.data_dir),
+        space=space.to_spec(),  # journaled: a resume searches exactly this
     )
     data_dir = Path(settings.data_dir) if settings.data_dir else None
     if settings.mode == "pretrained":
@@ -366,34 +464,7 @@ class _Session:
             )
         )
 
-    def _objective_names(self, profile) -> tuple[str, ...]:
-        """The run's objectives: the user's, else the defaults plus energy where NVML reports it."""
-        names = self.settings.objectives
-        if names is None:
-            defaults = ObjectiveConfig().names
-            return (*defaults, "energy_j") if profile.nvml else defaults
-        if "energy_j" in names and not profile.nvml:
-            raise UserError(
-                f"energy_j is no objective on {profile.name}: the device reports no energy"
-            )
-        return names
-
     # -- evaluation -------------------------------------------------------------------------
-    def _context(self) -> EvalContext:
-        s = self.settings
-        return EvalContext(
-            suite=s.suite,
-            profile=s.device,
-            run_dir=self.run_dir,
-            baseline_weights=self.run_dir / BASELINE_WEIGHTS,
-            seed=s.seed,
-            data_dir=Path(s.data_dir) if s.data_dir else None,
-            mode=s.mode,
-            backend=s.backend,
-            objectives=self.objective_config,
-            cut=CutRule(),
-            fault=fault_from_env(),
-        )
 
     def _evaluate(self, executor: Executor, batch: list[Candidate]) -> list[Evaluation]:
         """Journaled results for known candidates, the executor for the rest; each new one is
@@ -456,29 +527,27 @@ class _Session:
             self.lock.release()
 
     def _run(self) -> TuneResult:
+        from petra_hw.plugins import load_plugins
         from petra_hw.profiles import check_host, load_profile
         from petra_hw.suite import load_suite
 
         s = self.settings
+        load_plugins(s.plugins)
+        s.check_registered()
         profile = load_profile(s.device)
         check_host(profile)
         suite = load_suite(s.suite)
-        self.objective_config = ObjectiveConfig(
-            # energy is an objective wherever the device reports it (NVML on GPU profiles)
-            names=self._objective_names(profile),
-            higher_is_better=suite.metric.higher_is_better,
-            max_latency_ms=s.max_latency_ms,
-            max_size_mb=s.max_size_mb,
-            max_quality_drop=s.max_quality_drop,
-        )
+        # energy is an objective wherever the device reports it (NVML on GPU profiles)
+        self.objective_config = s.objective_config(suite.metric.higher_is_better, profile.nvml)
         if s.backend:
             from petra_hw.backend import check_supported, get_backend
 
-            check_supported(get_backend(s.backend), profile, float_precision(profile))
+            device_float = float_precision(profile.device_kind, profile.precisions)
+            check_supported(get_backend(s.backend), profile, device_float)
         self.store.set_status(self.run_id, "running")
         executor = make_executor(
             s.executor,
-            self._context(),
+            s.eval_context(self.run_dir, self.objective_config),
             workers=s.workers,
             timeout_s=s.candidate_timeout_s(),
             address=s.address,
@@ -521,8 +590,7 @@ class _Session:
 
     def _search(self, executor: Executor, profile) -> TuneResult:
         from petra_hw.search.selection import pareto_front
-        from petra_hw.search.space import SearchSpace
-        from petra_hw.search.strategies import Stopper, get_strategy
+        from petra_hw.search.strategy import STRATEGIES, Stopper, get_strategy
 
         s = self.settings
         original = Candidate(ORIGINAL, 0, None, "original")
@@ -533,14 +601,12 @@ class _Session:
                 f"{self.original.error_kind}: {self.original.error}"
             )
         objectives = Objectives(self.objective_config, self.original)
-        executor.context = dataclasses.replace(executor.context, reference=self.original)
-        # Offer only steps whose precision some available backend compiles here.
-        usable = dataclasses.replace(profile, precisions=deployable_precisions(profile, s.backend))
-        space = SearchSpace.for_profile(usable)
+        executor.context = dataclasses.replace(executor.context, original=self.original)
+        space = s.search_space(profile)  # the journaled spec (older runs: recomputed here)
         if s.references:
             self._build_references(executor, profile, space)
         kwargs: dict[str, Any] = {"objectives": objectives}
-        if s.strategy in ("evolution", "nsga2"):
+        if STRATEGIES[s.strategy].uses_population:
             kwargs["population_size"] = max(2, s.population)
         strategy = get_strategy(s.strategy, space, s.seed, **kwargs)
         snapshot = self.store.load_state(self.run_id)

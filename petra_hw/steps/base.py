@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from petra_hw.kinds import SETTINGS
+from petra_hw.kinds import KINDS, SETTINGS, KindSpec, register_kind
 from petra_hw.pipeline import Pipeline, Step
 from petra_hw.suite import Splits, Suite
 
@@ -63,19 +63,16 @@ Reads = Collection[str] | Callable[[Step], Collection[str]]
 
 _REGISTRY: dict[str, StepFn] = {}
 _READS: dict[str, Reads] = {}
-# Modules that register the built-in steps; imported on first lookup to keep imports light.
-_BUILTIN_MODULES = (
-    "petra_hw.steps.lowrank",
-    "petra_hw.steps.regularized",
-    "petra_hw.steps.pruning",
-    "petra_hw.steps.finetune",
-    "petra_hw.steps.qat",
-)
 
 
-def register(kind: str, reads: Reads = ()) -> Callable[[StepFn], StepFn]:
+def register(kind: str | KindSpec, reads: Reads = ()) -> Callable[[StepFn], StepFn]:
     """Register ``fn`` for ``kind``; ``reads`` names the settings it reads (or maps a step of
-    that kind to them, when its parameters decide)."""
+    that kind to them, when its parameters decide).  A ``KindSpec`` (a plug-in's new kind) is
+    added to the kind table first, so one decorator registers schema and implementation."""
+    if isinstance(kind, KindSpec):
+        kind = register_kind(kind).name
+    if kind not in KINDS:
+        raise ValueError(f"step kind {kind!r} is not in the kind table (petra_hw.kinds)")
     unknown = set() if callable(reads) else set(reads) - ALL_SETTINGS
     if unknown:
         raise ValueError(f"{kind}: unknown settings {sorted(unknown)}")
@@ -88,18 +85,17 @@ def register(kind: str, reads: Reads = ()) -> Callable[[StepFn], StepFn]:
     return deco
 
 
-def _load_builtins() -> None:
-    for name in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+def _load(kinds: Collection[str]) -> None:
+    """Import the modules that implement ``kinds`` (``KindSpec.module``); imports stay lazy so
+    that parsing a pipeline never pulls in torch-heavy step code."""
+    for module in dict.fromkeys(KINDS[k].module for k in kinds if k in KINDS):
+        if module:
+            importlib.import_module(module)
 
 
 def get_step(kind: str) -> StepFn:
     if kind not in _REGISTRY:
-        _load_builtins()
+        _load([kind])
     if kind not in _REGISTRY:
         raise KeyError(f"no implementation registered for step kind {kind!r}")
     return _REGISTRY[kind]
@@ -113,5 +109,5 @@ def settings_read(step: Step) -> frozenset[str]:
 
 
 def registered_kinds() -> list[str]:
-    _load_builtins()
+    _load(list(KINDS))
     return sorted(_REGISTRY)

@@ -23,32 +23,23 @@ step a role (:func:`step_roles`):
     drops the quantizers, so later structural steps (Pr, LR) see ordinary modules.  When later
     model-changing steps follow, the deployed precision is INT8 static (``precision.resolve``).
 
-The fake-quantized export goes through ``export_qdq`` (``petra_hw.onnx_export`` dispatches to it):
-NNCF's quantizers read their parameters with ``.item()``, which ``torch.export`` (the dynamo ONNX
-exporter) cannot trace, so it uses the TorchScript exporter in NNCF's ONNX Quantize/Dequantize
-mode.  Activations after ReLU are unsigned (UINT8) by default, which ONNX Runtime fuses into
-QLinearConv; TensorRT accepts only signed INT8 Q/DQ, so ``signed_only=True`` re-expresses them as
-signed INT8 with the same scale (one bit less on those activations).
+The fake-quantized model is exported by ``petra_hw.onnx_export`` (as QDQ ONNX with the trained
+scales), where every ONNX export lives.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
-import sys
-import warnings
 from collections import Counter
-from pathlib import Path
 
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from petra_hw.artifact import InputSpec
+from petra_hw.onnx_export import count_quantizers
 from petra_hw.pipeline import Pipeline, Step
-from petra_hw.precision import QUANT_KINDS
 from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
 from petra_hw.steps.finetune import fit
 
@@ -63,10 +54,10 @@ _FOLDABLE = {nn.BatchNorm1d: (nn.Conv1d, nn.Linear), nn.BatchNorm2d: (nn.Conv2d,
 def step_roles(pipeline: Pipeline) -> tuple[str, ...]:
     """The role of each step (``run``, ``deferred`` or ``fake_quant``), as the docstring defines."""
     roles = [RUN] * len(pipeline)
-    quant = [i for i, s in enumerate(pipeline.steps) if s.kind in QUANT_KINDS]
+    quant = [i for i, s in enumerate(pipeline.steps) if s.spec.quantizes]
     if quant:
         last = quant[-1]
-        if pipeline.steps[last].kind != "QAT":
+        if pipeline.steps[last].spec.deferred:
             roles[last] = DEFERRED
         elif last == len(pipeline) - 1:
             roles[last] = FAKE_QUANT
@@ -169,7 +160,7 @@ def fake_quant_train(model: nn.Module, step: Step, ctx: StepContext) -> nn.Modul
     """QAT as the last step: fold BatchNorm, insert fake quantizers, train; keep the quantizers."""
     folded = fold_batchnorm(model)
     fq = _quantize(model, ctx)
-    log.info("QAT: %d BatchNorm folded, %d quantizers", folded, _count_quantizers(fq))
+    log.info("QAT: %d BatchNorm folded, %d quantizers", folded, count_quantizers(fq))
     return fit(fq, int(step["epochs"]), ctx)
 
 
@@ -207,57 +198,3 @@ def intermediate_qat_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.
     """QAT that is not last: train with fake quantization, then fold into a plain float model."""
     fq = fit(_quantize(model, ctx), int(step["epochs"]), ctx)
     return fold_quantized_weights(fq, model, ctx.suite.example_input(1))
-
-
-# -- fake-quantized models --------------------------------------------------------------------------
-def _count_quantizers(model: nn.Module) -> int:
-    from nncf.torch.quantization.layers import BaseQuantizer
-
-    return sum(isinstance(m, BaseQuantizer) for m in model.modules())
-
-
-def is_fake_quantized(model: nn.Module) -> bool:
-    """Whether ``model`` carries NNCF fake quantizers (cheap: no NNCF import if none is loaded)."""
-    if "nncf" not in sys.modules:
-        return False
-    return _count_quantizers(model) > 0
-
-
-def export_qdq(
-    model: nn.Module,
-    spec: InputSpec,
-    path: Path,
-    output_name: str = "output",
-    *,
-    opset: int,
-    signed_only: bool = False,
-) -> Path:
-    """Export a fake-quantized model as QDQ ONNX (QuantizeLinear/DequantizeLinear pairs)."""
-    from nncf.torch.quantization.layers import (
-        BaseQuantizer,
-        QuantizerExportMode,
-        SymmetricQuantizer,
-    )
-
-    model = copy.deepcopy(model).eval().cpu()
-    for m in model.modules():
-        if isinstance(m, BaseQuantizer):
-            m.set_export_mode(QuantizerExportMode.ONNX_QUANTIZE_DEQUANTIZE_PAIRS)
-            if signed_only:
-                if not isinstance(m, SymmetricQuantizer):
-                    raise ValueError("signed-only QDQ needs symmetric quantizers")
-                m.signed = True
-    example = torch.zeros(spec.sample_shape(2), dtype=torch.float32)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=[spec.name],
-            output_names=[output_name],
-            dynamic_axes={spec.name: {0: "batch"}, output_name: {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
-    return path

@@ -1,8 +1,10 @@
 """Compile, measure and judge one model on one backend: the unit every command is built from.
 
-``assess`` turns a torch model into an artifact, loads it back through its backend (verifying the
-hashes), measures it with the one profiler, and measures quality *through that runner* on val and
-test, plus parity against the FP32 baseline's outputs.  Everything lands in the manifest too.
+To *assess* a model is ``compile_model`` then ``judge``: compile it into an artifact, load that back
+through its backend (verifying the hashes), time it with the one profiler, and measure quality
+*through that runner* on val and test, plus parity against the Original's FP32 outputs.
+Everything lands in the manifest too.  (A candidate *evaluation* is the search's larger unit:
+apply its steps, assess the result, score objectives; see ``petra_hw.search.evaluator``.)
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from petra_hw.artifact import Artifact, InputSpec, open_runner, read_artifact
-from petra_hw.backend import CompileRequest, get_backend
+from petra_hw.artifact import Artifact, InputSpec, read_artifact
+from petra_hw.backend import CompileRequest, get_backend, load_runner
+from petra_hw.precision import PrecisionIntent
 from petra_hw.profiler import Measurement, measure, measure_fresh_process
-from petra_hw.profiles import Profile
+from petra_hw.profiles import DeviceProfile
 from petra_hw.quality import parity, runner_outputs
 from petra_hw.suite import Splits, Suite
 
@@ -62,16 +65,17 @@ def compile_model(
     model: nn.Module,
     suite: Suite,
     splits: Splits,
-    profile: Profile,
+    profile: DeviceProfile,
     backend: str,
-    precision: str,
+    intent: PrecisionIntent | str,
     out_dir: Path,
     pipeline: dict | None = None,
     options: dict | None = None,
 ) -> Artifact:
-    """Compile ``model`` with ``backend`` at ``precision`` into ``out_dir`` (calib split for INT8)."""
+    """Compile ``model`` with ``backend`` for ``intent`` (a bare precision means its default
+    intent, e.g. int8 static) into ``out_dir``, calibrating on the calib split."""
     request = CompileRequest(
-        precision=precision,
+        intent=intent if isinstance(intent, PrecisionIntent) else PrecisionIntent(intent),
         out_dir=Path(out_dir),
         input_spec=input_spec(suite),
         profile=profile,
@@ -93,8 +97,8 @@ def judge(
     artifact: Artifact,
     suite: Suite,
     splits: Splits,
-    profile: Profile,
-    reference: dict[str, np.ndarray] | None = None,
+    profile: DeviceProfile,
+    original_outputs: dict[str, np.ndarray] | None = None,
     quality_splits: tuple[str, ...] = ("val", "test"),
     fresh_process: bool | None = None,
 ) -> Assessment:
@@ -102,7 +106,7 @@ def judge(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     artifact = read_artifact(artifact.path)  # verify hashes, as a deployment would
-    runner = open_runner(artifact, profile)
+    runner = load_runner(artifact, profile)
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
     outputs = {name: runner_outputs(runner, splits.by_name(name).x) for name in quality_splits}
@@ -114,9 +118,9 @@ def judge(
 
     qual = {n: suite.score(runner_predict, splits, n) for n in quality_splits}
     par: dict[str, float] = {}
-    if reference is not None:
-        name = next(n for n in quality_splits if n in reference)
-        par = parity(outputs[name], reference[name], suite.task)
+    if original_outputs is not None:
+        name = next(n for n in quality_splits if n in original_outputs)
+        par = parity(outputs[name], original_outputs[name], suite.task)
     timings["quality_s"] = time.perf_counter() - t
     t = time.perf_counter()
     fresh = profile.measurement.fresh_process if fresh_process is None else fresh_process
