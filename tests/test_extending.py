@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
 
-import plugin_example
+import pytest
 
 from petra_hw.cli import main
 from petra_hw.kinds import KINDS
 from petra_hw.search.store import JOURNAL_NAME, Store
 from petra_hw.steps import registered_kinds
 
-PLUGIN = Path(plugin_example.__file__).resolve()
+PLUGIN = (Path(__file__).parent / "plugin_example.py").resolve()
 FAST_PROFILE = (Path(__file__).parent / "data" / "cpu-fast.toml").read_text()
 
 
-def test_plugin_registers_kind_backend_and_strategy() -> None:
+@pytest.fixture(scope="module", autouse=True)
+def plugin_example():
+    """The plug-in registered for this module only: every registry it writes is restored after,
+    so later tests see the built-in kinds, backends and strategies alone."""
+    from petra_hw import backend, kinds, plugins
+    from petra_hw.search import executors
+    from petra_hw.search.strategy import base as strategy
+    from petra_hw.steps import base as steps
+
+    tables = [kinds.KINDS, kinds._ALIASES, backend._REGISTERED, strategy.STRATEGIES,
+              executors.EXECUTORS, plugins._LOADED]  # fmt: skip
+    saved = [set(t) for t in tables]
+    modules = set(sys.modules)
+    yield importlib.import_module("plugin_example")
+    for table, before in zip(tables, saved):  # drop what was added (built-ins fill in lazily)
+        for key in set(table) - before:
+            del table[key]
+    for table in (steps._REGISTRY, steps._READS):
+        for key in set(table) - set(kinds.KINDS):
+            del table[key]
+    for name in set(sys.modules) - modules:
+        if "plugin" in name:
+            del sys.modules[name]
+
+
+def test_plugin_registers_kind_backend_and_strategy(plugin_example) -> None:
     from petra_hw.backend import backend_names
     from petra_hw.search.strategy import STRATEGIES
 

@@ -300,7 +300,7 @@ def test_ort_int8_is_refused_on_gpu_profiles(digits, cpu_profile, tmp_path) -> N
 @no_gpu
 def test_no_backend_for_int8_on_a_gpu_without_tensorrt() -> None:
     with pytest.raises(UserError, match="tensorrt.*not available.*no INT8 kernels"):
-        choose_backend(load_profile("h100"), "int8", mode="static")
+        choose_backend(load_profile("h100"), PrecisionIntent("int8", "static"))
 
 
 # -- refusals on a host without a GPU -------------------------------------------------------------
