@@ -136,9 +136,13 @@ def test_ray_executor_runs_evaluations(context) -> None:
     try:
         ex = RayExecutor(context, timeout_s=300)
         evs = list(ex.submit([candidate("Original"), candidate("LR")]))
+        # the task times its candidate on the node: own compute only, as the local executor does
+        ex.context, ex.timeout_s = dataclasses.replace(context, fault="timeout"), 5.0
+        [slow] = ex.submit([candidate("Pr")])
         ex.close()
     finally:
         ray.shutdown()
     assert len(evs) == 2
     assert all(e.ok and e.objectives["latency_ms"] > 0 for e in evs), [e.error for e in evs]
     assert all(Path(e.artifact).is_dir() for e in evs)
+    assert slow.error_kind == "timeout" and "own compute" in slow.error

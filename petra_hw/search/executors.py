@@ -259,15 +259,21 @@ class LocalExecutor:
 
 
 # -- Ray -------------------------------------------------------------------------------------
-def _ray_evaluate(candidate: Candidate, context: EvalContext, weights: bytes) -> Evaluation:
-    """Runs in a Ray worker: make sure the starting weights exist on this node, then evaluate."""
+def _ray_evaluate(
+    candidate: Candidate, context: EvalContext, weights: bytes, timeout_s: float
+) -> Evaluation:
+    """Runs in a Ray worker: make sure the starting weights exist on this node, then evaluate in
+    a one-worker ``LocalExecutor`` on the node, so the timeout counts the candidate's own compute
+    (its worker reports waits for the node's machine-wide locks) and a crash stays its own."""
     path = context.baseline_weights
     if not path.is_file() or path.stat().st_size != len(weights):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(weights)
         os.replace(tmp, path)
-    return evaluate_candidate(candidate, context)
+    with LocalExecutor(context, workers=1, timeout_s=timeout_s) as executor:
+        (ev,) = executor.submit([candidate])
+    return ev
 
 
 def device_resource(profile_name: str) -> str:
@@ -281,8 +287,9 @@ class RayExecutor:
     Placement: ``resources`` if given; else the custom resource ``petra_device_<profile>`` when
     the cluster advertises it (start device nodes with ``--resources '{"petra_device_h100": 1}'``);
     else one GPU per task on GPU profiles and one CPU on CPU profiles.  At most as many tasks as
-    the cluster has slots are in flight, so the per-candidate timeout counts running time, not
-    queueing.  Every node needs the same petra-hw environment; the starting weights travel
+    the cluster has slots are in flight.  Each task times its candidate on its node as the local
+    executor does (own compute only, lock waits not counted); the driver only cancels a task that
+    outlives that timeout plus the longest allowed lock wait.  Every node needs the same petra-hw environment; the starting weights travel
     through the object store; artifacts stay on the node that compiled them unless the run
     folder is on shared storage.
     """
@@ -336,8 +343,9 @@ class RayExecutor:
         while pending or running:
             while pending and len(running) < self.max_in_flight:
                 c = pending.popleft()
-                running[self._remote.remote(c, self.context, self._weights)] = (c, time.monotonic())
-            deadline = min(t for _, t in running.values()) + self.timeout_s
+                ref = self._remote.remote(c, self.context, self._weights, self.timeout_s)
+                running[ref] = (c, time.monotonic())
+            deadline = min(t for _, t in running.values()) + self._outer_timeout_s
             ready, _ = ray.wait(
                 list(running), num_returns=1, timeout=max(0.0, deadline - time.monotonic())
             )
@@ -346,12 +354,18 @@ class RayExecutor:
                 yield self._result(ref, c, time.monotonic() - started)
             now = time.monotonic()
             for ref, (c, started) in list(running.items()):
-                if now - started >= self.timeout_s:
+                if now - started >= self._outer_timeout_s:
                     ray.cancel(ref, force=True)
                     del running[ref]
                     yield failed(
-                        c, "timeout", f"timed out after {self.timeout_s:g} s", now - started
+                        c, "timeout", f"the Ray task ran {now - started:.0f} s", now - started
                     )
+
+    @property
+    def _outer_timeout_s(self) -> float:
+        """The driver's safety net: the task's own timeout, plus the longest lock wait it may
+        legitimately spend, plus a minute to start its worker."""
+        return self.timeout_s + LOCK_WAIT_LIMIT_S + 60.0
 
     @staticmethod
     def _result(ref: Any, candidate: Candidate, elapsed: float) -> Evaluation:
