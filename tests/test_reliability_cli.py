@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fulldisk import full_disk
 
 from petra_hw.cli import main
 from petra_hw.search.store import JOURNAL_NAME, Store
@@ -154,22 +154,6 @@ def test_second_resume_of_a_run_names_the_holder(real_run, capsys):
     finally:
         holder.kill()
         holder.wait()
-
-
-@contextlib.contextmanager
-def full_disk(tmp_path: Path, free_kb: int):
-    """A 4 MiB tmpfs with about ``free_kb`` left (skips where mounting is not allowed)."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
-        (mount / "filler").write_bytes(b"\0" * (free - free_kb * 1024))
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_full_disk_under_compile_is_one_line_and_leaves_nothing(digits, tmp_path, capsys):

@@ -3,14 +3,12 @@ the run cleanly and are retried on resume; timeouts count only a candidate's own
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import torch
+from fulldisk import full_disk
 
 from petra_hw.cli import main
 from petra_hw.pipeline import Pipeline
@@ -75,14 +73,7 @@ def test_disk_full_in_a_candidate_is_infra_stops_the_run_and_is_retried(
 
 
 def test_real_full_disk_under_tune_interrupts_then_resumes(digits, tmp_path, capsys):
-    mount = tmp_path / "full"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        stat = os.statvfs(mount)
-        (mount / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 600 * 1024))
+    with full_disk(tmp_path, 600) as mount:
         assert main(_tune(mount / "runs")) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "is full" in err[0] and "--resume" in err[0], err
@@ -91,8 +82,6 @@ def test_real_full_disk_under_tune_interrupts_then_resumes(digits, tmp_path, cap
         (mount / "filler").unlink()
         assert main(["tune", "--resume", str(run)]) == 0, capsys.readouterr().err
         assert _journal(run)[0] == "finished"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_waiting_for_the_machine_lock_does_not_count_towards_the_timeout(
