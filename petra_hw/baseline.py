@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +73,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def get_baseline(suite: Suite, seed: int = 0, data_dir: Path | None = None) -> Baseline:
-    """Load the cached baseline or train it (printing nothing: the caller reports the metric)."""
+EpochProgress = Callable[[int, int, float, float], None]
+
+
+def get_baseline(
+    suite: Suite,
+    seed: int = 0,
+    data_dir: Path | None = None,
+    on_epoch: EpochProgress | None = None,
+) -> Baseline:
+    """Load the cached baseline or train it (printing nothing: the caller reports the metric).
+
+    Training a converged baseline takes up to an hour on 2 cores, so ``on_epoch(epoch, epochs,
+    calib_loss, elapsed_s)`` lets the caller show progress; every epoch is also logged.
+    """
     splits = suite.load_splits(DataContext(data_dir, seed))
     seed_everything(seed)
     model = suite.build_model()
@@ -85,6 +99,16 @@ def get_baseline(suite: Suite, seed: int = 0, data_dir: Path | None = None) -> B
         return Baseline(suite, model, splits, seed, json.loads(meta.read_text()), True)
     cfg = suite.train
     log.info("training baseline %s (seed %d, %d epochs)", suite.name, seed, cfg.epochs)
+    started = time.perf_counter()
+
+    def progress(epoch: int, calib_loss: float) -> None:
+        elapsed = time.perf_counter() - started
+        log.info(
+            "baseline epoch %d/%d: calib loss %.4f (%.0f s)", epoch, cfg.epochs, calib_loss, elapsed
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, cfg.epochs, calib_loss, elapsed)
+
     result = train(
         model,
         splits.train,
@@ -98,6 +122,7 @@ def get_baseline(suite: Suite, seed: int = 0, data_dir: Path | None = None) -> B
         monitor=splits.calib,
         patience=cfg.early_stop_patience(),
         augment=cfg.augment,
+        epoch_callback=progress,
     )
 
     def model_predict(x: torch.Tensor) -> np.ndarray:

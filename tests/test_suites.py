@@ -116,3 +116,17 @@ def test_baseline_key_follows_the_training_recipe() -> None:
     short = dataclasses.replace(suite, train=dataclasses.replace(suite.train, epochs=4))
     assert suite.train.augment is not None and suite.train.early_stop_patience() == 8
     assert short.code_version() != suite.code_version()
+
+
+def test_baseline_training_reports_each_epoch(tmp_path, monkeypatch) -> None:
+    """A first run trains for up to an hour: the caller must see it is alive, epoch by epoch."""
+    from petra_hw.baseline import get_baseline
+    from petra_hw.suite import load_suite
+
+    monkeypatch.setenv("PETRA_HW_CACHE", str(tmp_path))
+    seen: list[tuple[int, int, float, float]] = []
+    fresh = get_baseline(load_suite("digits"), 0, on_epoch=lambda *a: seen.append(a))
+    assert not fresh.cached
+    assert [e for e, *_ in seen] == list(range(1, fresh.metrics["epochs_run"] + 1))
+    assert all(total == load_suite("digits").train.epochs for _, total, _, _ in seen)
+    assert [s for *_, s in seen] == sorted(s for *_, s in seen)

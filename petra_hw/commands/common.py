@@ -34,8 +34,19 @@ def setup(args: argparse.Namespace):
     for note in [*check_host(profile), *runtime_notes(profile)]:
         errors.print(f"note: {note}", markup=False, soft_wrap=True)  # notes hold [extras]
     suite = load_suite(args.suite)
-    with console.status(f"baseline for {suite.name} (trained once, then cached)"):
-        baseline = get_baseline(suite, args.seed, args.data_dir)
+    title = f"baseline for {suite.name} (trained once, then cached)"
+    with console.status(title) as status:
+
+        def on_epoch(epoch: int, epochs: int, calib_loss: float, elapsed_s: float) -> None:
+            line = (
+                f"epoch {epoch}/{epochs} (at most), calib loss {calib_loss:.4f}, {elapsed_s:.0f} s"
+            )
+            if console.is_terminal:
+                status.update(f"{title}: {line}")
+            else:  # piped or logged: one line per epoch, so a long first run shows it is alive
+                console.print(f"training baseline {suite.name}: {line}")
+
+        baseline = get_baseline(suite, args.seed, args.data_dir, on_epoch)
     if not baseline.cached:
         console.print(
             f"trained baseline {suite.name}: test {suite.metric.name} = "
