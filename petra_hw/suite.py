@@ -96,7 +96,8 @@ class TrainConfig:
 
     A bundled baseline trains *until more training stops helping*: ``epochs`` is a cap, the
     cosine schedule spans it, and training stops after ``patience`` epochs without a better calib
-    loss (None: a third of the cap, at least 3).  ``augment`` transforms each training batch of
+    loss (None: a third of the cap, at least 3; 0: never, the whole schedule runs and its final
+    weights are kept).  ``augment`` transforms each training batch of
     the baseline (candidates' short fine-tunes train without it, as the training control does).
     """
 
@@ -108,7 +109,10 @@ class TrainConfig:
     patience: int | None = None
     augment: Augment | None = None
 
-    def early_stop_patience(self) -> int:
+    def early_stop_patience(self) -> int | None:
+        """Epochs without a better calib loss before stopping; None: run the whole schedule."""
+        if self.patience == 0:
+            return None
         return self.patience if self.patience is not None else max(3, self.epochs // 3)
 
 

@@ -128,7 +128,7 @@ def train(
     seed: int = 0,
     extra_loss: ExtraLoss | None = None,
     monitor: Split | None = None,
-    patience: int = 3,
+    patience: int | None = 3,
     schedule: str = "cosine",
     epoch_callback: Callable[[int, float], None] | None = None,
     augment: Augment | None = None,
@@ -139,6 +139,8 @@ def train(
     slice of train or calib); ``epoch_callback(epoch, monitor_loss)`` may raise ``TrainingError``
     to cut a hopeless candidate after its first epoch; ``augment(x, generator)`` transforms each
     training batch (the suite's baseline augmentation; seeded by ``seed`` like the order).
+    ``patience=None`` trains the whole schedule and keeps the final weights (the monitor is
+    still reported): a cosine schedule's low-rate tail is where a converged model gains most.
     """
     import time
 
@@ -185,6 +187,8 @@ def train(
             history.append(m)
             if epoch_callback is not None:
                 epoch_callback(epoch, m)
+            if patience is None:
+                continue
             if m < best - 1e-6:
                 best, bad = m, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

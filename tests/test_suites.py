@@ -114,7 +114,7 @@ def test_baseline_key_follows_the_training_recipe() -> None:
 
     suite = load_suite("cifar10-resnet20")
     short = dataclasses.replace(suite, train=dataclasses.replace(suite.train, epochs=4))
-    assert suite.train.augment is not None and suite.train.early_stop_patience() == 8
+    assert suite.train.augment is not None and suite.train.early_stop_patience() is None
     assert short.code_version() != suite.code_version()
 
 
@@ -130,3 +130,29 @@ def test_baseline_training_reports_each_epoch(tmp_path, monkeypatch) -> None:
     assert [e for e, *_ in seen] == list(range(1, fresh.metrics["epochs_run"] + 1))
     assert all(total == load_suite("digits").train.epochs for _, total, _, _ in seen)
     assert [s for *_, s in seen] == sorted(s for *_, s in seen)
+
+
+def test_whole_schedule_training_keeps_the_final_weights() -> None:
+    """patience=None (a suite's patience=0) never stops early and never rolls back to the best
+    calib-loss epoch: the schedule's low-rate tail is kept even when calib loss rose."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from petra_hw.suite import Split
+    from petra_hw.training import train
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=g)
+    y = torch.randint(0, 3, (96,), generator=g)
+    # a monitor whose labels disagree with train: its loss rises while training fits train
+    monitor = Split(x[:32], (y[:32] + 1) % 3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    early = copy.deepcopy(model)
+    whole = train(model, Split(x, y), epochs=12, lr=1e-2, monitor=monitor, patience=None)
+    assert whole.epochs_run == 12 and not whole.stopped_early
+    assert whole.monitor_history[-1] > min(whole.monitor_history)  # would have rolled back
+    stopped = train(early, Split(x, y), epochs=12, lr=1e-2, monitor=monitor, patience=2)
+    assert stopped.stopped_early and stopped.epochs_run < 12
