@@ -74,6 +74,36 @@ def _arms(run: dict, suite, splits, profile, workdir: Path) -> dict[str, dict]:
     return arms
 
 
+def value_table(record: dict) -> str:
+    """The README's value table for one suite: one row per artifact, fastest first."""
+    v = record["verdict"]
+    lines = [
+        f"{record['suite']}, `tune --budget {record['budget_s'] / 60:g}m`, {record['date']}, "
+        f"{record['host']['cpu_model']} {record['host']['cores']} cores "
+        f"({', '.join(record['host']['cpu_flags'])}), {record['rounds']} interleaved rounds",
+        "",
+        "| artifact | kind | b1 p50 ms | b32 img/s | size MB | test acc | drop (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = sorted(record["artifacts"].items(), key=lambda kv: kv[1]["b1_p50_ms"])
+    for label, r in rows:
+        lines.append(
+            f"| {label} | {r['kind']} | {r['b1_p50_ms']:.3f} | {r['b32_ips']:.0f} | "
+            f"{r['size_mb']:.3f} | {r['test_accuracy']:.4f} | {r['drop_points']:+.2f} |"
+        )
+    if v.get("within_budget_points"):
+        lines += [
+            "",
+            f"Best within a point vs best peer: latency {v['latency_vs_peer']:.2f}x (target <= "
+            f"{TARGETS['latency_vs_peer']}), size {v['size_vs_peer']:.2f}x (target <= "
+            f"{TARGETS['size_vs_peer']}), {v['speedup_vs_eager']:.1f}x faster than eager torch "
+            f"FP32 (target >= {TARGETS['speedup_vs_eager']:g}).",
+        ]
+    else:
+        lines += ["", "No front point within a point of the Original's test accuracy."]
+    return "\n".join(lines) + "\n"
+
+
 @pytest.mark.parametrize("suite_name", SUITES)
 def test_value_against_peers(benchmark, suite_name: str, tmp_path: Path) -> None:
     from petra_hw.fingerprint import fingerprint
@@ -132,20 +162,16 @@ def test_value_against_peers(benchmark, suite_name: str, tmp_path: Path) -> None
         }
     benchmark.extra_info.update({"verdict": verdict, "stop": result.stop_reason})
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"value-{suite_name}.json").write_text(
-        json.dumps(
-            {
-                "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "host": fingerprint(),
-                "suite": suite_name,
-                "budget_s": BUDGET_S,
-                "rounds": ROUNDS,
-                "targets": TARGETS,
-                "verdict": verdict,
-                "run": {"id": run["id"], "stats": run["stats"], "value": run["value"]},
-                "artifacts": rows,
-            },
-            indent=1,
-            default=str,
-        )
-    )
+    record = {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "host": fingerprint(),
+        "suite": suite_name,
+        "budget_s": BUDGET_S,
+        "rounds": ROUNDS,
+        "targets": TARGETS,
+        "verdict": verdict,
+        "run": {"id": run["id"], "stats": run["stats"], "value": run["value"]},
+        "artifacts": rows,
+    }
+    (OUT / f"value-{suite_name}.json").write_text(json.dumps(record, indent=1, default=str))
+    (OUT / f"value-{suite_name}.md").write_text(value_table(record))
