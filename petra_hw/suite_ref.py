@@ -83,7 +83,11 @@ def reference(suite: Suite) -> tuple[str, str | None]:
     """(reference, None) for a suite a worker can make again, else (an in-memory reference that
     only this process resolves, why it cannot travel).  Either way it is remembered here."""
     origin = suite.origin
-    problem = None if origin is not None else "it was not made by Suite.from_torch"
+    problem = (
+        None
+        if origin is not None
+        else "it was built in Python without Suite.from_torch (give its reference file.py:NAME)"
+    )
     ref = None
     if origin is not None and origin.problem is None:
         module = sys.modules.get(origin.module)
