@@ -149,6 +149,22 @@ def test_a_notebook_suite_runs_in_process_only(tmp_path) -> None:
         load_reference(ref.replace(ref.rsplit(":", 1)[1], "0>"))
 
 
+def test_a_notebook_suite_tunes_in_process_and_resumes_with_the_suite_given(
+    tmp_path, monkeypatch
+) -> None:
+    from petra_hw import suite_ref
+
+    scope: dict = {"__name__": "__main__"}
+    exec(compile(NOTEBOOK, "<cell>", "exec"), scope)
+    run = petra_hw.tune(scope["suite"], device=FAST, out=tmp_path, evaluations=1, references=False)
+    assert all(e.ok for e in run.evaluations) and len(run.evaluations) == 2
+    monkeypatch.setattr(suite_ref, "_LOCAL", {})  # a new Python session: the suite is gone
+    with pytest.raises(UserError, match="another process"):
+        petra_hw.resume(run.run_dir)
+    again = petra_hw.resume(run.run_dir, suite=scope["suite"])
+    assert [e.candidate.id for e in again.evaluations] == [e.candidate.id for e in run.evaluations]
+
+
 def _made_with_arguments(n: int) -> petra_hw.Suite:
     data = TensorDataset(torch.rand(n, 1, 8, 8), torch.randint(0, 10, (n,)))
     return petra_hw.Suite.from_torch(TinyNet(), train=data, val=data, test=data)
