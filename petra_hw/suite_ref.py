@@ -15,6 +15,7 @@ that reference here returns the same object and never runs the user's code again
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import importlib.util
@@ -91,12 +92,19 @@ def reference(suite: Suite) -> tuple[str, str | None]:
     ref = None
     if origin is not None and origin.problem is None:
         module = sys.modules.get(origin.module)
-        # a module-level variable holding this very suite, else the factory that made it
-        names = [k for k, v in vars(module).items() if v is suite] if module else []
+        # a module-level variable holding this very suite, else the factory that made it; either
+        # one defined where a worker importing the module sees it (not under a __main__ guard)
+        seen = _importable_names(Path(str(origin.file)))
+        held = [k for k, v in vars(module).items() if v is suite] if module else []
+        names = [n for n in [*held, origin.function] if n and n in seen]
         if names:
             ref = f"{_module_part(origin)}:{names[0]}"
-        elif origin.function:
-            ref = f"{_module_part(origin)}:{origin.function}"
+        elif held or origin.function:
+            problem = (
+                f"`{(held or [origin.function])[0]}` is set under `if __name__ == '__main__':` "
+                f"in {origin.file}, which a worker importing the file does not run; make the suite "
+                "in a module-level function without arguments"
+            )
         else:
             problem = (
                 f"it is not a module-level variable of {origin.file} (nor made by a module-level "
@@ -108,6 +116,37 @@ def reference(suite: Suite) -> tuple[str, str | None]:
         ref = f"{IN_MEMORY}{suite.name}:{id(suite):x}>"
     remember(ref, suite)
     return ref, problem
+
+
+def _importable_names(file: Path) -> set[str]:
+    """Names a module's top-level code binds outside ``if __name__ == "__main__":`` blocks (what a
+    worker that imports the file gets), read from its source without running it."""
+    try:
+        tree = ast.parse(file.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    names: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and any(
+            isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.test)
+        ):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)  # its body binds nothing at module level
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for statement in tree.body:
+        visit(statement)
+    return names
 
 
 def remember(ref: str, suite: Suite) -> None:

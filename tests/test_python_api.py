@@ -165,6 +165,34 @@ def test_a_notebook_suite_tunes_in_process_and_resumes_with_the_suite_given(
     assert [e.candidate.id for e in again.evaluations] == [e.candidate.id for e in run.evaluations]
 
 
+SCRIPT = """
+import torch
+from torch.utils.data import TensorDataset
+import petra_hw
+from petra_hw.api import resolve_suite
+
+data = TensorDataset(torch.rand(20, 4), torch.randint(0, 3, (20,)))
+{top}
+if __name__ == "__main__":
+    {guarded}
+    RESULT = resolve_suite(suite)[1:]
+"""
+MAKE = "suite = petra_hw.Suite.from_torch(torch.nn.Linear(4, 3), train=data, val=data, test=data)"
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_suite_travels_unless_made_under_the_main_guard(tmp_path, guarded) -> None:
+    import runpy
+
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(top="" if guarded else MAKE, guarded=MAKE if guarded else ""))
+    ref, problem = runpy.run_path(str(script), run_name="__main__")["RESULT"]
+    if guarded:  # a worker importing train.py would not get `suite`: refused up front
+        assert "`suite` is set under `if __name__ == '__main__':`" in problem
+    else:
+        assert problem is None and ref == f"{script}:suite"
+
+
 def _made_with_arguments(n: int) -> petra_hw.Suite:
     data = TensorDataset(torch.rand(n, 1, 8, 8), torch.randint(0, 10, (n,)))
     return petra_hw.Suite.from_torch(TinyNet(), train=data, val=data, test=data)
