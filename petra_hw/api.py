@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from petra_hw.precision import PrecisionIntent
     from petra_hw.profiler import Measurement
     from petra_hw.profiles import DeviceProfile
-    from petra_hw.search.tune import TuneProgress, TuneResult
+    from petra_hw.search.tune import TuneProgress, TuneResult, TuneSettings
     from petra_hw.search.types import Evaluation
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Run:
         return export_runs([self.run_dir], path, candidates, name)
 
 
-def tune_settings(suite: str, device: str, options: dict[str, Any]):
+def tune_settings(suite: str, device: str, options: dict[str, Any]) -> TuneSettings:
     """``TuneSettings`` from the user's options (field names, or ``budget`` / ``timeout``)."""
     from petra_hw.search.tune import TuneSettings
 
