@@ -73,6 +73,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _metrics(suite: Suite, model: nn.Module, splits: Splits) -> dict[str, float]:
+    """The baseline's val and test quality through the eager model."""
+
+    def model_predict(x: torch.Tensor) -> np.ndarray:
+        return predict(model, x)
+
+    return {name: suite.score(model_predict, splits, name) for name in ("val", "test")}
+
+
 EpochProgress = Callable[[int, int, float, float], None]
 
 
@@ -90,6 +99,9 @@ def get_baseline(
     splits = suite.load_splits(DataContext(data_dir, seed))
     seed_everything(seed)
     model = suite.build_model()
+    if suite.pretrained:  # the user's trained model is the baseline: nothing to train or cache
+        model.eval()
+        return Baseline(suite, model, splits, seed, _metrics(suite, model, splits), True)
     key = f"{suite.name}-s{seed}-{suite.code_version()}"
     weights = cache_dir() / "baselines" / f"{key}.pt"
     meta = weights.with_suffix(".json")
@@ -125,12 +137,8 @@ def get_baseline(
         epoch_callback=progress,
     )
 
-    def model_predict(x: torch.Tensor) -> np.ndarray:
-        return predict(model, x)
-
     metrics = {
-        "val": suite.score(model_predict, splits, "val"),
-        "test": suite.score(model_predict, splits, "test"),
+        **_metrics(suite, model, splits),
         "train_wall_s": result.wall_s,
         "epochs_run": result.epochs_run,
     }

@@ -169,6 +169,20 @@ class Suite:
     # A search space spec (petra_hw.search.space.SearchSpace.from_spec) narrowing what tune
     # searches for this suite; ``tune --space FILE`` overrides it.
     space: dict[str, Any] | None = None
+    # The model ``build_model`` returns is already trained (``Suite.from_torch``): it is the
+    # baseline as it is; nothing is trained or cached for it.
+    pretrained: bool = False
+    # Where a suite made in Python was made (``petra_hw.suite_ref``), so that worker processes
+    # can make it again; None for suite files, which travel by their path.
+    origin: Any = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_torch(cls, model: torch.nn.Module, **kwargs: Any) -> Suite:
+        """A suite from a trained model and torch datasets or loaders (see
+        ``petra_hw.torch_suite.from_torch`` for the arguments)."""
+        from petra_hw.torch_suite import from_torch
+
+        return from_torch(model, **kwargs)
 
     @property
     def default_loss(self) -> str | ModelLoss:
@@ -217,7 +231,12 @@ def bundled_names() -> list[str]:
 
 
 def load_suite(name_or_path: str) -> Suite:
-    """Load a bundled suite by name or a user suite file by path."""
+    """Load a bundled suite by name, a user suite file by path, or a suite made in Python by its
+    reference (``module:factory`` or ``file.py:factory``, see ``petra_hw.suite_ref``)."""
+    from petra_hw.suite_ref import is_reference, load_reference
+
+    if is_reference(name_or_path):
+        return load_reference(name_or_path)
     path = Path(name_or_path)
     if name_or_path.endswith(".py") or path.exists():
         if not path.is_file():

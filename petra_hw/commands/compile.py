@@ -67,28 +67,18 @@ def _compile(
     suite: Suite,
     out: Path,
 ) -> int:
-    """Everything that writes into ``out`` (removed by the caller when this fails)."""
-    from petra_hw.assess import compile_model, judge
-    from petra_hw.baseline import get_baseline, predict
+    """Everything that writes into ``out`` (removed by the caller when this fails): the work is
+    ``petra_hw.api.compile_pipeline``, what ``petra_hw.compile`` runs."""
+    from petra_hw.api import compile_pipeline
+    from petra_hw.baseline import get_baseline
 
     with console.status(f"baseline for {suite.name} (trained once, then cached)"):
         baseline = get_baseline(suite, args.seed, args.data_dir)
-    model = baseline.model
-    if pipeline.steps:  # apply leaves the deploying quantization step to the compiler
-        from petra_hw.apply import apply
-
-        with console.status(f"apply {pipeline}"):
-            model = apply(
-                pipeline, baseline, suite, channel_multiple=profile.channel_multiple, seed=args.seed
-            ).model
-    splits = baseline.splits
-    reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
-    with console.status(f"{backend.name} {intent.label()}: compile, measure, score"):
-        artifact = compile_model(
-            model, suite, splits, profile, backend.name, intent, out,
-            pipeline=pipeline.to_json(),
-        )  # fmt: skip
-        result = judge(artifact, suite, splits, profile, reference)
+    with console.status(f"{pipeline}: apply; {backend.name} {intent.label()}: compile, measure"):
+        compiled = compile_pipeline(
+            pipeline, profile, intent, backend.name, baseline, out, seed=args.seed
+        )
+    result = compiled.assessment
     m, ops, par = result.measurement, result.artifact.manifest.get("op_counts", {}), result.parity
     row = [
         m.backend, intent.label(), m.latency.p50_ms, m.throughput_ips,

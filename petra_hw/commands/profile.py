@@ -9,7 +9,6 @@ from pathlib import Path
 
 from petra_hw.commands.common import add_suite_args, new_out_dir, setup
 from petra_hw.console import console, errors, mb, table
-from petra_hw.errors import UserError
 
 COLUMNS = [
     "backend",
@@ -59,14 +58,14 @@ def _rows(m, quality_test: float | None) -> list[list[object]]:
 
 
 def _remeasure(args: argparse.Namespace) -> int:
+    from petra_hw.api import remeasure
     from petra_hw.artifact import read_artifact
-    from petra_hw.profiler import measure_artifact, measure_fresh_process
     from petra_hw.profiles import check_host, load_profile
 
     artifact = read_artifact(args.artifact)
     profile = load_profile(args.device)
     check_host(profile)
-    m = (measure_fresh_process if args.fresh_process else measure_artifact)(artifact.path, profile)
+    m = remeasure(artifact.path, profile, args.fresh_process)
     recorded = artifact.manifest.get("metrics", {}).get("quality", {})
     rows = _rows(m, recorded.get("test"))
     console.print(table(f"{artifact.path} on {profile.name}", COLUMNS, rows))
@@ -78,70 +77,26 @@ def _remeasure(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The CLI face of ``petra_hw.profile``: the same plan and measurements, printed."""
     if args.artifact is not None:
         return _remeasure(args)
-    from petra_hw.assess import compile_model, judge
-    from petra_hw.backend import check_supported, get_backend
-    from petra_hw.baseline import predict
-    from petra_hw.pipeline import Pipeline
+    from petra_hw.api import profile_baseline, profile_plan
 
     suite, profile, baseline = setup(args)
-    backends = args.backend or list(profile.backends)
-    unknown = [b for b in backends if b not in profile.backends]
-    if unknown:
-        raise UserError(
-            f"backend '{unknown[0]}' is not a backend of device '{profile.name}' ({', '.join(profile.backends)})"
-        )
-    plan = []
-    for name in backends:
-        try:
-            backend = get_backend(name)
-            reason = backend.available(profile)
-        except UserError as exc:
-            backend, reason = None, str(exc)
-        if reason:
-            if args.backend:
-                raise UserError(f"backend '{name}' is not available here: {reason}")
-            errors.print(f"skip {name}: {reason}", markup=False, soft_wrap=True)
-            continue
-        precisions = args.precision or [p for p in backend.precisions if p in profile.precisions]
-        for precision in precisions:
-            try:
-                check_supported(backend, profile, precision)
-            except UserError as exc:
-                if args.precision:
-                    raise
-                errors.print(f"skip {name} {precision}: {exc}", markup=False, soft_wrap=True)
-                continue
-            plan.append((name, precision))
-    if not plan:
-        raise UserError(f"nothing to measure on device '{profile.name}'")
+    plan, skipped = profile_plan(profile, args.backend, args.precision)
+    for line in skipped:
+        errors.print(line, markup=False, soft_wrap=True)
     out = new_out_dir(args.out, Path("reports"), f"profile-{suite.name}")
-    splits = baseline.splits
-    reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
-    results = []
-    for name, precision in plan:
-        with console.status(f"{name} {precision}: compile, measure, score"):
-            artifact = compile_model(
-                baseline.model,
-                suite,
-                splits,
-                profile,
-                name,
-                precision,
-                out / f"{name}-{precision}",
-                pipeline=Pipeline().to_json(),
-            )
-            results.append(
-                judge(
-                    artifact,
-                    suite,
-                    splits,
-                    profile,
-                    reference,
-                    fresh_process=args.fresh_process or None,
-                )
-            )
+    status = console.status("")
+
+    def starting(name: str, precision: str) -> None:
+        status.update(f"{name} {precision}: compile, measure, score")
+
+    with status:
+        compiled = profile_baseline(
+            baseline, profile, plan, out, args.fresh_process, on_start=starting
+        )
+    results = [c.assessment for c in compiled]
     console.print(
         table(
             f"{suite.name} on {profile.name} ({profile.effective_threads()} threads); quality = test {suite.metric.name} through the artifact",

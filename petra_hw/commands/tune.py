@@ -3,8 +3,9 @@
 A bare ``petra-hw tune`` searches the digits suite on ``--device auto`` for three minutes.  The
 run is journaled under ``--out`` (``runs/`` by default) and ``--resume RUN`` continues it.
 
-Every option's ``dest`` is a field of ``TuneSettings``; ``_settings`` copies them by field name
+Every option's ``dest`` is a field of ``TuneSettings``; ``_options`` copies them by field name
 (an option left unset keeps the field's default), so a new setting is one field plus one option.
+The search itself is ``petra_hw.api.tune``, the function a Python user calls.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,20 +20,15 @@ from typing import Any
 from petra_hw.console import console, errors, mb, table
 from petra_hw.errors import UserError
 
-DEFAULT_BUDGET_S = 180.0
-_BUDGET = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
-
 
 def parse_budget(text: str) -> float:
-    """Seconds from ``600``, ``600s``, ``10m``, ``1h`` or ``1h30m``."""
-    parts = _BUDGET.findall(text.strip().lower())
-    if not text.strip() or "".join(n + u for n, u in parts) != text.strip().lower():
-        raise argparse.ArgumentTypeError(f"bad budget {text!r}: use e.g. 600s, 10m, 1h or 1h30m")
-    seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"bad budget {text!r}: must be positive")
-    return seconds
+    """Seconds from ``600``, ``600s``, ``10m``, ``1h`` or ``1h30m`` (``petra_hw.api``'s grammar)."""
+    from petra_hw.api import budget_seconds
+
+    try:
+        return budget_seconds(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -90,7 +85,9 @@ def add_parser(sub) -> None:
         help="registered search strategy: evolution (default); random or nsga2 for comparison "
         "runs; or a plug-in's",
     )
-    p.add_argument("--executor", default=None, help="local (default), ray, or a plug-in's")
+    p.add_argument(
+        "--executor", default=None, help="local (default), ray, inprocess, or a plug-in's"
+    )
     p.add_argument("--address", default=None, help="Ray cluster address (--executor ray)")
     p.add_argument("--workers", type=_positive_int, default=None, help="local worker processes")
     p.add_argument(
@@ -298,7 +295,7 @@ def _write_report(run_dir: Path) -> None:
 
 # -- entry point -------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    from petra_hw.search.tune import TuneSettings, resume, tune
+    from petra_hw import api
 
     status = console.status("starting")
 
@@ -311,27 +308,30 @@ def run(args: argparse.Namespace) -> int:
         if args.space is not None or args.plugins:
             raise UserError("a resumed run keeps its journaled --space and --plugin")
         with status:
-            result = resume(
+            result = api.resume(
                 args.resume,
-                args.out,
-                progress,
+                out=args.out,
+                progress=progress,
                 executor=args.executor,
                 workers=args.workers,
                 address=args.address,
             )
     else:
-        settings = _settings(args, TuneSettings)
+        options = _options(args)
         with status:
-            result = tune(settings, args.out, progress)
-    _summary(result)
+            result = api.tune(args.suite, args.device, out=args.out, progress=progress, **options)
+    _summary(result.result)
     console.print(f"run folder: {result.run_dir}")
     _write_report(result.run_dir)
     return 0
 
 
-def _settings(args: argparse.Namespace, cls):
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The given options by ``TuneSettings`` field name, after the checks that print (the device
+    on this host, and the baseline, trained once up front with its progress shown)."""
     from petra_hw.commands.common import setup
     from petra_hw.profiles import check_host, load_profile
+    from petra_hw.search.tune import TuneSettings
 
     for flag in ("max_quality_drop", "target_quality_drop"):
         if getattr(args, flag) is not None and getattr(args, flag) < 0:
@@ -341,13 +341,9 @@ def _settings(args: argparse.Namespace, cls):
     else:
         for note in check_host(load_profile(args.device)):
             errors.print(f"note: {note}")
-    given = {
+    skip = {"suite", "device"}
+    return {
         f.name: getattr(args, f.name)
-        for f in dataclasses.fields(cls)
-        if getattr(args, f.name, None) is not None
+        for f in dataclasses.fields(TuneSettings)
+        if f.name not in skip and getattr(args, f.name, None) is not None
     }
-    if isinstance(given.get("data_dir"), Path):
-        given["data_dir"] = str(given["data_dir"])
-    if "budget_s" not in given and args.generations is None and args.evaluations is None:
-        given["budget_s"] = DEFAULT_BUDGET_S
-    return cls(**given)
