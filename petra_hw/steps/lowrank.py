@@ -26,6 +26,7 @@ from torch import nn
 from petra_hw import rank_rules
 from petra_hw.pipeline import Step
 from petra_hw.steps.base import StepContext, register
+from petra_hw.steps.effects import StepEffect
 
 log = logging.getLogger(__name__)
 
@@ -309,4 +310,12 @@ def lowrank_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
         len(layers),
         ranks,
     )
+    skipped = len(layers) - len(ranks)
+    why = f"not cheaper at the rank {rule}={threshold} selects"
+    if not layers:
+        ctx.record(StepEffect.no_op(step, "no Linear, Conv or Embedding layer to factorize"))
+    elif not ranks:
+        ctx.record(StepEffect.no_op(step, f"decomposed 0 of {len(layers)} layers: {why}"))
+    elif skipped:
+        ctx.record(StepEffect(str(step), skipped=skipped, why_skipped=why))
     return model
