@@ -272,7 +272,8 @@ def prune_unstructured(
     return model
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has an affine BatchNorm (what ``bn_scale`` scores channels by)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in model.modules())
 
 
@@ -296,7 +297,7 @@ def _effect(
         return StepEffect(str(step), skipped=untouched, why_skipped=why)
     if index == 1:
         return StepEffect.no_op(step, "zeroed no weight")
-    if step["criterion"] == "bn_scale" and not _has_batchnorm(model):
+    if step["criterion"] == "bn_scale" and not has_batchnorm(model):
         return StepEffect.no_op(
             step, "criterion bn_scale scores channels by BatchNorm scales; the model has none"
         )
