@@ -217,7 +217,7 @@ def _interval(key: str, spec: ParamSpec, lo: object, hi: object, log: bool) -> P
 
 
 def when_key(kind: str, name: str, on: str, value: ParamValue) -> str:
-    """The ranges key of ``KIND.name`` when ``on`` has ``value`` (e.g. ``LR.threshold|rule=ratio``)."""
+    """The ranges key of ``KIND.name`` when ``on`` has ``value``: ``LR.threshold|rule=ratio``."""
     return f"{kind}.{name}|{on}={value}"
 
 
@@ -307,15 +307,15 @@ class SearchSpace:
                 )
             if kind not in kinds:
                 raise UserError(f"search space parameter {key!r}: kind {kind} is not in the space")
-            spec_ = KINDS[kind].param(pname)
+            pspec = KINDS[kind].param(pname)
             if when:
                 on, eq, value = when.partition("=")
                 if not eq:
                     raise UserError(f"search space parameter {key!r}: write KIND.param|other=value")
                 value = KINDS[kind].param(on).coerce(value, kind)
-                ranges[when_key(kind, pname, on, value)] = _narrow(key, spec_, raw)
+                ranges[when_key(kind, pname, on, value)] = _narrow(key, pspec, raw)
             else:
-                ranges[f"{kind}.{pname}"] = _narrow(key, spec_, raw)
+                ranges[f"{kind}.{pname}"] = _narrow(key, pspec, raw)
         try:
             max_len, min_len = (
                 int(spec.get("max_len", DEFAULT_MAX_LEN)),
