@@ -17,7 +17,9 @@ Entries are files written by ``petra_hw.serialize`` (JSON spec + state dict, loa
 ``os.replace``, so a killed writer never leaves a half entry; an entry that fails to load is
 logged, removed and recomputed.  Eviction is least-recently-used (file mtime, touched on every
 hit) by total bytes.  Each entry records the compute seconds of its whole prefix, so a
-hit knows what it saved.  Fake-quantized models (QAT as last step) are not cached.
+hit knows what it saved, and the effects its steps reported (``steps.effects``: no-ops and
+skipped layers), so a restored prefix reports them as a computed one does.  Fake-quantized models
+(QAT as last step) are not cached.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from petra_hw.kinds import SETTINGS
 from petra_hw.pipeline import Pipeline
 from petra_hw.serialize import SerializeError, load_model, save_model
 from petra_hw.steps.base import StepContext, get_step, settings_read
+from petra_hw.steps.effects import NoOpStep, StepEffect
 from petra_hw.steps.qat import DEFERRED, FAKE_QUANT, fake_quant_train, step_roles
 from petra_hw.suite import Suite
 
@@ -62,6 +65,12 @@ class AppliedModel:
     ]  # compute time spent in this call, per step (0: cached/deferred)
     cache_hit: int  # length of the prefix restored from the cache (0: none)
     seconds_saved: float  # compute time that prefix had cost
+    effects: tuple[StepEffect, ...] = ()  # no-ops and skipped layers the steps reported
+
+    @property
+    def notes(self) -> list[str]:
+        """One line per reported effect, e.g. ``'LR: skipped: 31 layers (...)'``."""
+        return [e.note for e in self.effects]
 
     @property
     def wall_s(self) -> float:
@@ -96,25 +105,26 @@ class PrefixCache:
 
     def lookup(
         self, keys: list[str | None], build_model: Callable[[], nn.Module]
-    ) -> tuple[int, nn.Module, float] | None:
+    ) -> tuple[int, nn.Module, float, tuple[StepEffect, ...]] | None:
         """The longest cached prefix among ``keys`` (index k-1 holds prefix k's key, None: not
-        cacheable) as (k, model, compute seconds), counting one hit or one miss."""
+        cacheable) as (k, model, compute seconds, the prefix's step effects), counting one hit
+        or one miss."""
         for k in range(len(keys), 0, -1):
             key = keys[k - 1]
             if key is None or not self.path(key).exists():
                 continue
             loaded = self._load(key, build_model)
             if loaded is not None:
-                model, seconds = loaded
+                model, seconds, effects = loaded
                 self.hits += 1
                 self.seconds_saved += seconds
-                return k, model, seconds
+                return k, model, seconds, effects
         self.misses += 1
         return None
 
     def _load(
         self, key: str, build_model: Callable[[], nn.Module]
-    ) -> tuple[nn.Module, float] | None:
+    ) -> tuple[nn.Module, float, tuple[StepEffect, ...]] | None:
         path = self.path(key)
         try:
             model, meta = load_model(path, build_model)
@@ -130,12 +140,27 @@ class PrefixCache:
             os.utime(path)  # most recently used
         except FileNotFoundError:
             pass
-        return model, float(meta.get("compute_s", 0.0))
+        effects = tuple(StepEffect.from_json(e) for e in meta.get("effects", ()))
+        return model, float(meta.get("compute_s", 0.0)), effects
 
-    def put(self, key: str, model: nn.Module, compute_s: float, label: str) -> None:
-        """Store ``model`` as the entry for ``key``; a model that cannot be serialized is skipped."""
+    def put(
+        self,
+        key: str,
+        model: nn.Module,
+        compute_s: float,
+        label: str,
+        effects: tuple[StepEffect, ...] = (),
+    ) -> None:
+        """Store ``model`` as the entry for ``key`` with the effects its prefix's steps reported;
+        a model that cannot be serialized is skipped."""
+        meta = {
+            "key": key,
+            "compute_s": compute_s,
+            "label": label,
+            "effects": [e.to_json() for e in effects],
+        }
         try:
-            save_model(model, self.path(key), {"key": key, "compute_s": compute_s, "label": label})
+            save_model(model, self.path(key), meta)
         except (SerializeError, OSError) as exc:
             log.warning("not caching %s: %s", label, exc)
             return
@@ -215,13 +240,20 @@ def apply(
     seed: int = 0,
     cache: PrefixCache | None = None,
     epoch_callback: Callable[[int, float], None] | None = None,
+    stop_on_noop: bool = False,
 ) -> AppliedModel:
-    """Run ``pipeline`` on a copy of ``baseline.model``; step errors propagate to the caller."""
+    """Run ``pipeline`` on a copy of ``baseline.model``; step errors propagate to the caller.
+
+    ``stop_on_noop`` (the search): raise ``NoOpStep`` at the first step that changed nothing,
+    before anything after it runs or the no-op prefix is cached."""
     suite = suite or baseline.suite
     canon = canonicalize(pipeline)
     roles = step_roles(canon)
     n = len(canon)
-    ctx = StepContext(suite, baseline.splits, canon, channel_multiple, seed, epoch_callback)
+    effects: list[StepEffect] = []
+    ctx = StepContext(
+        suite, baseline.splits, canon, channel_multiple, seed, epoch_callback, report=effects.append
+    )
     keys: list[str | None] = []
     if cache is not None:
         keys = prefix_keys(canon, suite.name, baseline.state_hash, channel_multiple, seed)
@@ -229,7 +261,9 @@ def apply(
     if cache is not None and n:
         hit = cache.lookup(keys, suite.build_model)
         if hit is not None:
-            start, model, saved = hit
+            start, model, saved, cached_effects = hit
+            effects.extend(cached_effects)
+            _check_noop(effects, stop_on_noop)
             log.info("apply %s: prefix of %d steps from cache (%.1f s saved)", canon, start, saved)
     if model is None:
         model = copy.deepcopy(baseline.model)
@@ -246,6 +280,15 @@ def apply(
         model = fn(model, step, replace(ctx, reads=settings_read(step)))
         seconds[k] = time.perf_counter() - t
         compute += seconds[k]
+        _check_noop(effects, stop_on_noop)
         if cache is not None and keys[k] is not None:
-            cache.put(keys[k], model, compute, str(canon.prefix(k + 1)))
-    return AppliedModel(model.eval(), canon, pipeline, roles, tuple(seconds), start, saved)
+            cache.put(keys[k], model, compute, str(canon.prefix(k + 1)), tuple(effects))
+    return AppliedModel(
+        model.eval(), canon, pipeline, roles, tuple(seconds), start, saved, tuple(effects)
+    )
+
+
+def _check_noop(effects: list[StepEffect], stop: bool) -> None:
+    noop = next((e for e in effects if not e.changed), None)
+    if stop and noop is not None:
+        raise NoOpStep(noop)

@@ -2,13 +2,16 @@
 
 To *assess* a model is ``compile_model`` then ``judge``: compile it into an artifact, load that back
 through its backend (verifying the hashes), time it with the one profiler, and measure quality
-*through that runner* on val and test, plus parity against the Original's FP32 outputs.
+*through that runner* on val and test, plus parity against the Original's FP32 outputs.  An
+artifact keeps a few real calib rows (``profiler.TIMING_INPUTS``): it is timed on them, here, in a
+fresh process and when ``petra-hw profile ARTIFACT`` re-measures it.
 Everything lands in the manifest too.  (A candidate *evaluation* is the search's larger unit:
 apply its steps, assess the result, score objectives; see ``petra_hw.search.evaluator``.)
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,12 +24,19 @@ from torch import nn
 from petra_hw.artifact import Artifact, InputSpec, read_artifact
 from petra_hw.backend import CompileRequest, get_backend, load_runner
 from petra_hw.precision import PrecisionIntent
-from petra_hw.profiler import Measurement, measure, measure_fresh_process
+from petra_hw.profiler import (
+    TIMING_INPUTS,
+    Measurement,
+    measure,
+    measure_fresh_process,
+    timing_inputs,
+)
 from petra_hw.profiles import DeviceProfile
 from petra_hw.quality import parity, runner_outputs
 from petra_hw.suite import Splits, Suite
 
 log = logging.getLogger(__name__)
+TIMING_INPUTS_BYTES = 4 << 20  # at most this much of real calib input is kept for timing
 
 
 @dataclass
@@ -61,6 +71,20 @@ def input_spec(suite: Suite) -> InputSpec:
     return InputSpec("input", (None, *suite.input_shape))
 
 
+def timing_rows(x: torch.Tensor, profile: DeviceProfile) -> np.ndarray:
+    """The calib rows an artifact keeps for timing: as many as its largest batch size, within
+    ``TIMING_INPUTS_BYTES`` (the profiler tiles them up to each batch size)."""
+    per_row = max(1, int(np.prod(x.shape[1:])) * 4)
+    n = min(len(x), max((1, *profile.batch_sizes)), max(1, TIMING_INPUTS_BYTES // per_row))
+    return np.ascontiguousarray(x[:n].detach().cpu().numpy(), dtype=np.float32)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
 def compile_model(
     model: nn.Module,
     suite: Suite,
@@ -84,6 +108,7 @@ def compile_model(
         options=tuple(sorted((options or {}).items())),
     )
     artifact = get_backend(backend).compile(model.eval(), request)
+    artifact = artifact.add_file(TIMING_INPUTS, _npy(timing_rows(splits.calib.x, profile)))
     from petra_hw import nncf_extension
 
     steps = (pipeline or {}).get("steps", [])
@@ -128,6 +153,7 @@ def judge(
         del runner
         m = measure_fresh_process(artifact.path, profile)
     else:
+        inputs = timing_inputs(artifact)
         m = measure(
             runner,
             tuple(suite.input_shape),
@@ -135,6 +161,7 @@ def judge(
             backend=artifact.backend,
             precision=artifact.precision,
             size_bytes=artifact.size_bytes,
+            inputs=timing_rows(splits.calib.x, profile) if inputs is None else inputs,
         )
     timings["measure_s"] = time.perf_counter() - t
     artifact = artifact.update(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from petra_hw.profiler import exclusive, time_batches
+from petra_hw.profiler import exclusive, tiled, time_batches
 from petra_hw.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,6 @@ class Timed:
         """The median of each round (the spread between rounds shows the drift)."""
         chunks = np.array_split(np.asarray(self.samples_ms[batch]), rounds)
         return [float(np.median(c)) for c in chunks if len(c)]
-
-
-def tiled(x: np.ndarray, batch: int) -> np.ndarray:
-    """``batch`` real inputs: the first samples of ``x``, repeated when ``x`` is shorter."""
-    reps = -(-batch // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch], dtype=np.float32)
 
 
 def measure_interleaved(

@@ -3,7 +3,10 @@
 Warm-up first; then timed iterations with ``time.perf_counter_ns`` (the runner is synchronised
 after each call, which matters on CUDA) until both a minimum count and a minimum time are reached;
 raw samples are kept.  Latency (batch 1) and throughput (each profile batch size) are separate
-measurements.  Measurements never overlap: a machine-wide file lock serialises them across
+measurements, each on real inputs: the calib rows an artifact stores at compile time
+(``TIMING_INPUTS``), tiled to the batch size, so models whose input carries indices, lengths or
+masks run the code path they run in deployment (noise would index out of range or take every
+sequence as empty).  Measurements never overlap: a machine-wide file lock serialises them across
 processes (local workers, Ray workers on the same host).  CPU load and steal are read from
 /proc/stat around each measurement; a noisy one is repeated, and flagged if it stays noisy.
 On GPU profiles with ``nvml = true`` an NVML window spans each timed loop (not its warm-up) and
@@ -34,6 +37,7 @@ from petra_hw.profiles import DeviceProfile, MeasureSettings
 log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 MAX_SAMPLES = 200_000  # bounds memory even if a clock misbehaves
+TIMING_INPUTS = "timing_inputs.npy"  # real calib rows kept in an artifact for timing it
 LOCK_PATH = Path(
     os.environ.get("PETRA_HW_LOCK", Path(tempfile.gettempdir()) / "petra-hw-measure.lock")
 )
@@ -155,6 +159,19 @@ class Measurement:
         )
 
 
+def tiled(x: np.ndarray, batch: int) -> np.ndarray:
+    """``batch`` real inputs: the first samples of ``x``, repeated when ``x`` is shorter."""
+    reps = -(-batch // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch], dtype=np.float32)
+
+
+def timing_inputs(artifact) -> np.ndarray | None:
+    """The real inputs an artifact stores for timing, or None (compiled before they were)."""
+    if TIMING_INPUTS not in artifact.all_files:
+        return None
+    return np.load(artifact.file(TIMING_INPUTS), allow_pickle=False)
+
+
 @contextlib.contextmanager
 def exclusive(path: Path = LOCK_PATH) -> Iterator[None]:
     """Hold the machine-wide measurement lock (blocks until no other measurement runs)."""
@@ -247,8 +264,12 @@ def measure(
     size_bytes: int,
     clock: Clock = time.perf_counter_ns,
     seed: int = 0,
+    inputs: np.ndarray | None = None,
 ) -> Measurement:
-    """Measure latency at batch 1 and throughput at each profile batch size, under the lock."""
+    """Measure latency at batch 1 and throughput at each profile batch size, under the lock.
+
+    ``inputs``: real samples (batch, *input_shape), tiled to each batch size; only an artifact
+    compiled before petra-hw stored them is timed on seeded standard-normal noise."""
     settings = profile.measurement
     rng = np.random.default_rng(seed)
     batches = sorted(set(profile.batch_sizes) | {1})
@@ -258,7 +279,10 @@ def measure(
         stats, loads, gpu = [], [], {}
         with exclusive():
             for b in batches:
-                x = rng.standard_normal((b, *input_shape)).astype(np.float32)
+                if inputs is not None:
+                    x = tiled(inputs, b)
+                else:
+                    x = rng.standard_normal((b, *input_shape)).astype(np.float32)
                 sampler = NvmlSampler() if nvml else None
                 with watch_load(loads):
                     samples = time_batches(runner, x, settings, clock, window=sampler)
@@ -321,6 +345,7 @@ def measure_artifact(
         precision=artifact.precision,
         size_bytes=artifact.size_bytes,
         seed=seed,
+        inputs=timing_inputs(artifact),
     )
 
 

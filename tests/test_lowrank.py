@@ -200,3 +200,22 @@ def test_decomposed_model_exports_to_onnx(tmp_path) -> None:
     with torch.no_grad():
         np.testing.assert_allclose(out, model(x).numpy(), atol=1e-5)
     assert math.isfinite(float(out.sum()))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+def test_fold_keeps_a_negative_singular_value(kind: str) -> None:
+    """Reg(orth_hoyer) trains S freely; folding an LR pair back must keep a negative S_i's sign."""
+    from petra_hw.steps.regularized import SVDLayer
+
+    torch.manual_seed(0)
+    make, inputs = LAYERS[kind]
+    layer, x = make(), inputs()
+    pair = decompose_module(layer, 3)
+    svd = SVDLayer(pair)
+    with torch.no_grad():
+        svd.s[1] = -svd.s[1]  # as if training had pushed it through zero
+        expected = svd(x)
+    folded = svd.fold()
+    assert is_lowrank_pair(folded)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), expected, atol=1e-5, rtol=0)

@@ -333,6 +333,21 @@ def test_evolution_seeds_and_lineage() -> None:
     assert len(s.survivors) == 8
 
 
+@pytest.mark.parametrize(("population", "n_random"), [(4, 0), (7, 0), (8, 1), (16, 2)])
+def test_evolution_random_survivors_only_from_population_8(population: int, n_random: int) -> None:
+    s = get_strategy(
+        "evolution",
+        SearchSpace.default(),
+        seed=0,
+        objectives=objectives(),
+        population_size=population,
+    )
+    assert s.n_random == n_random
+    for _ in range(3):  # enough candidates that survival has to choose
+        s.tell([toy_evaluation(c) for c in s.ask(population * 2)])
+    assert len(s.survivors) == population
+
+
 def test_dedupe_by_canonical_form() -> None:
     assert canonical_key(parse_pipeline("LR ; lr=0.1")) == canonical_key(parse_pipeline("LR"))
     assert canonical_key(parse_pipeline("PTQ - PTQ")) == canonical_key(parse_pipeline("PTQ"))

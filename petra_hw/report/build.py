@@ -142,6 +142,7 @@ def _evaluation(
         "artifact": ev.artifact,
         "timings_s": dict(ev.timings_s),
         "cache_hit_steps": ev.cache_hit_steps,
+        "step_notes": list(ev.step_notes),
     }
 
 

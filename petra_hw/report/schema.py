@@ -109,6 +109,7 @@ _EVALUATION = {
         "artifact": _STR,
         "timings_s": _NUM_MAP,
         "cache_hit_steps": {"type": "integer"},
+        "step_notes": {"type": "array", "items": {"type": "string"}},
         "over_budget": {"type": ["boolean", "null"]},
     },
     # an evaluation either has an error or measured objectives, never neither

@@ -3,6 +3,9 @@
 ``evaluate_candidate`` never raises and never substitutes the original model: every failure
 becomes an ``Evaluation`` with ``error`` and ``error_kind``:
 
+- ``no-op``: a step changed nothing (LR decomposed no layer, Pr removed no channel, a criterion
+  needs layers the model lacks): the candidate is the shorter pipeline again, so it is neither
+  compiled nor timed (``petra_hw.steps.effects``);
 - ``step``: a compression step raised; ``nan``: training diverged or the model/artifact outputs
   non-finite values; ``cut``: a training step was hopeless after its first epoch (see ``CutRule``);
 - ``compile``: no backend of the profile compiles the pipeline's precision, or compiling failed;
@@ -62,6 +65,7 @@ from petra_hw.profiles import DeviceProfile, load_profile
 from petra_hw.references import get_recipe
 from petra_hw.search.objectives import ObjectiveConfig, Objectives
 from petra_hw.search.types import Candidate, Evaluation
+from petra_hw.steps.effects import NoOpStep
 from petra_hw.suite import DataContext, Splits, Suite, load_suite
 from petra_hw.training import (
     SuiteLoss,
@@ -76,6 +80,7 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "PETRA_HW_FAULT"
 FAULTS = ("step", "export", "nan", "timeout", "crash", "segfault", "diskfull")
 INFRA = "infra"
+NO_OP = "no-op"  # a step changed nothing (``steps.effects``)
 DISK_FULL = "disk full: "  # how an infra error caused by a full disk begins
 MODES = ("pretrained", "untrained")
 COMPUTE_LOCK = LOCK_PATH.with_name("petra-hw-compute.lock")
@@ -459,15 +464,19 @@ def _evaluate(
                 poisoned = _poisoned(baseline.model)
                 baseline = Baseline(suite, poisoned, splits, ctx.seed, {}, cached=True)
             _fire(fault)
-            applied = apply(
-                applied_pipeline(ctx, suite, pipeline),
-                baseline,
-                suite,
-                channel_multiple=profile.channel_multiple,
-                seed=ctx.seed,
-                cache=_prefix_cache(env, ctx, fault),
-                epoch_callback=_cut_callback(env, ctx.cut, pipeline),
-            )
+            try:
+                applied = apply(
+                    applied_pipeline(ctx, suite, pipeline),
+                    baseline,
+                    suite,
+                    channel_multiple=profile.channel_multiple,
+                    seed=ctx.seed,
+                    cache=_prefix_cache(env, ctx, fault),
+                    epoch_callback=_cut_callback(env, ctx.cut, pipeline),
+                    stop_on_noop=True,
+                )
+            except NoOpStep as exc:  # the shorter pipeline again: not compiled, not timed
+                raise _Failed(NO_OP, str(exc)) from None
             model = applied.model
             finite = _finite_outputs(model, splits)
         state["cache_hits"] = applied.cache_hit
@@ -521,6 +530,7 @@ def _evaluate(
         backend=backend,
         timings_s=timings,
         cache_hit_steps=applied.cache_hit,
+        step_notes=applied.notes,
     )
     return replace(ev, feasible=feasible(ev, ctx.objectives, ctx.original))
 

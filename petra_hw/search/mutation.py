@@ -19,7 +19,8 @@ import numpy as np
 
 from petra_hw.kinds import KINDS, ParamValue
 from petra_hw.pipeline import Pipeline, Step
-from petra_hw.search.space import ParamRange, SearchSpace
+from petra_hw.rank_rules import equivalent_threshold
+from petra_hw.search.space import ParamRange, SearchSpace, round_sig
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,18 @@ def neighbour(
         if new != value:
             return new
     return value
+
+
+def carry_meaning(old: Step, new: Step) -> Step:
+    """``new`` with a parameter measured against a changed one carried over by meaning.
+
+    Changing LR's ``rule`` maps its threshold to the one that keeps the same rank under the new
+    rule (``petra_hw.rank_rules.equivalent_threshold``): the rules read the threshold in opposite
+    senses, so keeping the number would jump in rank (see docs/decisions.md)."""
+    if new.kind == "LR" and old.kind == "LR" and old["rule"] != new["rule"]:
+        t = equivalent_threshold(str(old["rule"]), float(old["threshold"]), str(new["rule"]))
+        return new.replace(threshold=round_sig(t))
+    return new
 
 
 # -- the bandit ------------------------------------------------------------------------------
@@ -213,8 +226,11 @@ class Mutator:
         step = p.steps[i]
         names = self.space.active_params(step)
         name = names[int(rng.integers(len(names)))]
-        value = neighbour(self.space.param_range(step.kind, name), step[name], rng, self.sigma)
-        return self._with_step(p, i, self.space.normalize(step.replace(**{name: value})))
+        value = neighbour(
+            self.space.param_range(step.kind, name, step), step[name], rng, self.sigma
+        )
+        child = carry_meaning(step, step.replace(**{name: value}))
+        return self._with_step(p, i, self.space.normalize(self.space.clip_step(child)))
 
     def _setting(self, p: Pipeline, rng: np.random.Generator, name: str) -> Pipeline:
         value = neighbour(self.space.setting_range(name), p.setting(name), rng, self.sigma)
@@ -247,7 +263,9 @@ class Mutator:
         """A fresh ``kind`` step that keeps the parameters it shares with ``old`` (e.g. epochs)."""
         fresh = self.space.random_step(rng, kind)
         shared = {n: v for n, v in old.params if n in {p.name for p in KINDS[kind].params}}
-        shared = {n: v for n, v in shared.items() if self.space.param_range(kind, n).contains(v)}
+        shared = {
+            n: v for n, v in shared.items() if self.space.param_range(kind, n, fresh).contains(v)
+        }
         return self.space.normalize(fresh.replace(**shared))
 
     @staticmethod

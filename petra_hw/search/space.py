@@ -14,6 +14,12 @@ A two-number list is an interval, a longer list (or any list for a choice or boo
 set of allowed values, a scalar pins the parameter, and a dict may say ``low``/``high``/``log`` or
 ``choices`` explicitly.  Setting names (``optimizer``, ``lr``, ``loss``) may carry a ``settings.``
 prefix.
+
+A parameter whose meaning depends on another one has a range per value of that one, written
+``KIND.param|other=value``: LR's threshold is a kept energy share under ``energy``, a fraction of
+s_max (higher keeps *fewer*) under ``sv_proportion`` and a fraction of the full rank under
+``ratio``, so each rule gets its own interval (``_DEFAULT_INTERVALS_WHEN``).  A user's plain
+``LR.threshold`` range replaces them all; ``LR.threshold|rule=ratio`` narrows one.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -38,9 +45,23 @@ _DEFAULT_INTERVALS: dict[str, tuple[float, float]] = {
     "Reg.lambda_o": (1e-4, 1.0),
     "Reg.lambda_h": (1e-5, 1e-1),
     "Reg.strength": (1e-6, 1e-2),
-    "LR.threshold": (0.5, 0.99),
+    "LR.threshold": (0.045, 0.99),  # the hull of the per-rule intervals below
     "Pr.ratio": (0.05, 0.7),
     "lr": (1e-5, 1e-2),
+}
+# Per value of another parameter: (that parameter, value -> (low, high, log)).  LR's intervals
+# keep the same band of ranks, 5% to 94% of the full rank on the representative spectrum of
+# ``petra_hw.rank_rules`` (energy 0.5-0.99 mapped by ``equivalent_threshold``; docs/decisions.md).
+_DEFAULT_INTERVALS_WHEN: dict[str, tuple[str, dict[str, tuple[float, float, bool]]]] = {
+    "LR.threshold": (
+        "rule",
+        {
+            "energy": (0.5, 0.99, False),
+            "explained_variance": (0.5, 0.99, False),
+            "sv_proportion": (0.065, 0.28, True),
+            "ratio": (0.045, 0.94, False),
+        },
+    ),
 }
 # The suite's own loss unless the suite widens it: a regression loss on a classifier is a waste.
 _DEFAULT_CHOICES: dict[str, tuple[ParamValue, ...]] = {"loss": ("default",)}
@@ -195,6 +216,11 @@ def _interval(key: str, spec: ParamSpec, lo: object, hi: object, log: bool) -> P
     return ParamRange(spec.type, low, high, log)
 
 
+def when_key(kind: str, name: str, on: str, value: ParamValue) -> str:
+    """The ranges key of ``KIND.name`` when ``on`` has ``value``: ``LR.threshold|rule=ratio``."""
+    return f"{kind}.{name}|{on}={value}"
+
+
 def _settings_key(key: str) -> str | None:
     name = key.removeprefix("settings.")
     return name if any(p.name == name for p in SETTINGS.params) else None
@@ -224,7 +250,19 @@ class SearchSpace:
         full = dict(self.ranges)
         for kind in self.kinds:
             for p in KINDS[kind].params:
-                full.setdefault(f"{kind}.{p.name}", _default_range(f"{kind}.{p.name}", p))
+                key = f"{kind}.{p.name}"
+                if key in _DEFAULT_INTERVALS_WHEN and key not in self.ranges:
+                    on, table = _DEFAULT_INTERVALS_WHEN[key]
+                    allowed = full.get(f"{kind}.{on}") or _default_range(
+                        f"{kind}.{on}", KINDS[kind].param(on)
+                    )
+                    for value, (low, high, log) in table.items():
+                        if allowed.contains(value):
+                            full.setdefault(
+                                when_key(kind, p.name, on, value),
+                                ParamRange(p.type, low, high, log),
+                            )
+                full.setdefault(key, _default_range(key, p))
         for p in SETTINGS.params:
             full.setdefault(p.name, _default_range(p.name, p))
         object.__setattr__(self, "ranges", full)
@@ -261,6 +299,7 @@ class SearchSpace:
                 ranges[name] = _narrow(name, SETTINGS.param(name), raw)
                 continue
             kind, _, pname = key.partition(".")
+            pname, _, when = pname.partition("|")
             kind = kind_spec(kind).name
             if not pname:
                 raise UserError(
@@ -268,7 +307,15 @@ class SearchSpace:
                 )
             if kind not in kinds:
                 raise UserError(f"search space parameter {key!r}: kind {kind} is not in the space")
-            ranges[f"{kind}.{pname}"] = _narrow(key, KINDS[kind].param(pname), raw)
+            pspec = KINDS[kind].param(pname)
+            if when:
+                on, eq, value = when.partition("=")
+                if not eq:
+                    raise UserError(f"search space parameter {key!r}: write KIND.param|other=value")
+                value = KINDS[kind].param(on).coerce(value, kind)
+                ranges[when_key(kind, pname, on, value)] = _narrow(key, pspec, raw)
+            else:
+                ranges[f"{kind}.{pname}"] = _narrow(key, pspec, raw)
         try:
             max_len, min_len = (
                 int(spec.get("max_len", DEFAULT_MAX_LEN)),
@@ -303,8 +350,28 @@ class SearchSpace:
         }
 
     # -- queries ----------------------------------------------------------------------------
-    def param_range(self, kind: str, name: str) -> ParamRange:
+    def param_range(
+        self, kind: str, name: str, given: Step | Mapping[str, ParamValue] | None = None
+    ) -> ParamRange:
+        """Where ``KIND.name`` may move; ``given`` (the step, or the parameters decided so far)
+        selects a range that depends on another parameter's value (``KIND.name|on=value``)."""
+        if given is not None:
+            values = dict(given.params) if isinstance(given, Step) else given
+            for on, by_value in self._conditional.get(f"{kind}.{name}", {}).items():
+                if on in values and str(values[on]) in by_value:
+                    return self.ranges[by_value[str(values[on])]]
         return self.ranges[f"{kind}.{name}"]
+
+    @cached_property
+    def _conditional(self) -> dict[str, dict[str, dict[str, str]]]:
+        """``KIND.name`` -> other parameter -> its value (as text) -> key in ``ranges``."""
+        out: dict[str, dict[str, dict[str, str]]] = {}
+        for key in self.ranges:
+            base, sep, when = key.partition("|")
+            if sep:
+                on, _, value = when.partition("=")
+                out.setdefault(base, {}).setdefault(on, {})[value] = key
+        return out
 
     def setting_range(self, name: str) -> ParamRange:
         return self.ranges[name]
@@ -320,7 +387,7 @@ class SearchSpace:
         """Parameters ``step`` ignores go to their defaults (clipped into the space)."""
         defaults = step.spec.defaults()
         inactive = {
-            n: self.param_range(step.kind, n).clip(defaults[n])
+            n: self.param_range(step.kind, n, step).clip(defaults[n])
             for n, _ in step.params
             if not is_active(step, n)
         }
@@ -339,7 +406,7 @@ class SearchSpace:
                 problems.append(f"step {i + 1}: kind {step.kind} not in the space")
                 continue
             for name, value in step.params:
-                if not self.param_range(step.kind, name).contains(value):
+                if not self.param_range(step.kind, name, step).contains(value):
                     problems.append(f"step {i + 1}: {step.kind}.{name}={value!r} out of range")
         for name, value in pipeline.settings:
             if not self.ranges[name].contains(value):
@@ -352,7 +419,9 @@ class SearchSpace:
     # -- sampling and repair ----------------------------------------------------------------
     def random_step(self, rng: np.random.Generator, kind: str | None = None) -> Step:
         kind = kind or self.kinds[int(rng.integers(len(self.kinds)))]
-        params = {p.name: self.param_range(kind, p.name).sample(rng) for p in KINDS[kind].params}
+        params: dict[str, ParamValue] = {}
+        for p in KINDS[kind].params:  # in table order: a range may depend on an earlier value
+            params[p.name] = self.param_range(kind, p.name, params).sample(rng)
         return self.normalize(Step.make(kind, **params))
 
     def random_settings(self, rng: np.random.Generator) -> dict[str, ParamValue]:
@@ -372,13 +441,17 @@ class SearchSpace:
             settings = {p.name: self.ranges[p.name].clip(p.default) for p in SETTINGS.params}
         return Pipeline.make(steps, **settings)
 
+    def clip_step(self, step: Step) -> Step:
+        """``step`` with every parameter clipped into its range (in table order, so a range that
+        depends on another parameter sees that one's clipped value)."""
+        params: dict[str, ParamValue] = {}
+        for n, v in step.params:
+            params[n] = self.param_range(step.kind, n, params).clip(v)
+        return Step.make(step.kind, **params)
+
     def repair(self, pipeline: Pipeline, rng: np.random.Generator) -> Pipeline:
         """The nearest pipeline inside the space: foreign kinds dropped, values clipped, length fixed."""
-        steps = [
-            Step.make(s.kind, **{n: self.param_range(s.kind, n).clip(v) for n, v in s.params})
-            for s in pipeline.steps
-            if s.kind in self.kinds
-        ][: self.max_len]
+        steps = [self.clip_step(s) for s in pipeline.steps if s.kind in self.kinds][: self.max_len]
         while len(steps) < self.min_len:
             steps.insert(int(rng.integers(len(steps) + 1)), self.random_step(rng))
         settings = {n: self.ranges[n].clip(v) for n, v in pipeline.settings}

@@ -299,6 +299,7 @@ def tune(
     from petra_hw.fingerprint import fingerprint
     from petra_hw.plugins import load_plugins
     from petra_hw.profiles import check_host, load_profile
+    from petra_hw.search.applicable import fit_space
     from petra_hw.suite import load_suite
 
     settings = dataclasses.replace(
@@ -309,7 +310,12 @@ def tune(
     profile = load_profile(settings.device)
     check_host(profile)
     suite = load_suite(settings.suite)
-    space = settings.search_space(profile, suite.space)
+    space = fit_space(  # what cannot change the model leaves the space (logged)
+        settings.search_space(profile, suite.space),
+        suite.build_model(),
+        suite.example_input(1),
+        profile.channel_multiple,
+    )
     settings = dataclasses.replace(
         settings,
         suite=_absolute(settings.suite) or settings.suite,

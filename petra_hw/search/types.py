@@ -54,6 +54,9 @@ class Evaluation:
     timings_s: dict[str, float] = field(default_factory=dict)
     feasible: bool = True
     cache_hit_steps: int = 0
+    # What the steps left out, e.g. "LR(threshold=0.6): skipped: 31 layers (not cheaper at ...)";
+    # a step that changed nothing is an error of kind "no-op" instead (steps.effects).
+    step_notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 
 from petra_hw.kinds import KINDS, SETTINGS, KindSpec, register_kind
 from petra_hw.pipeline import Pipeline, Step
+from petra_hw.steps.effects import StepEffect
 from petra_hw.suite import Splits, Suite
 
 ALL_SETTINGS = frozenset(p.name for p in SETTINGS.params)
@@ -28,7 +29,7 @@ class UndeclaredSetting(RuntimeError):
 @dataclass(frozen=True)
 class StepContext:
     """What a step may use: the suite, its splits (train/calib only!), the pipeline's settings,
-    the profile's channel multiple, and the seed."""
+    the profile's channel multiple, and the seed; and where it reports a no-op or skipped layers."""
 
     suite: Suite
     splits: Splits
@@ -37,6 +38,13 @@ class StepContext:
     seed: int = 0
     epoch_callback: Callable[[int, float], None] | None = None
     reads: frozenset[str] | None = None  # settings the running step declared (None: any)
+    # Where a step reports what it changed (``steps.effects``); None: nobody listens.
+    report: Callable[[StepEffect], None] | None = None
+
+    def record(self, effect: StepEffect) -> None:
+        """Report a no-op or skipped layers (``petra_hw.apply`` collects them)."""
+        if self.report is not None:
+            self.report(effect)
 
     def _setting(self, name: str) -> object:
         if self.reads is not None and name not in self.reads:

@@ -19,53 +19,30 @@ with ``max_norm`` (a nonlinear renormalisation), subclasses (e.g. the projection
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from torch import nn
 
+from petra_hw import rank_rules
 from petra_hw.pipeline import Step
 from petra_hw.steps.base import StepContext, register
+from petra_hw.steps.effects import StepEffect
 
 log = logging.getLogger(__name__)
 
-RULES = ("energy", "explained_variance", "sv_proportion", "ratio")
 _CONVS = (nn.Conv1d, nn.Conv2d)
-_EPS = 1e-9  # tolerance for thresholds met exactly in floating point
 
 
 # -- rank selection ------------------------------------------------------------------------------
 def select_rank(
     singular_values: torch.Tensor, rule: str, threshold: float, multiple: int = 1
 ) -> int:
-    """Rank kept by ``rule`` at ``threshold`` for a descending spectrum, rounded up to ``multiple``.
-
-    ``energy`` and ``explained_variance``: the smallest r whose leading s_i^2 hold a fraction
-    >= threshold of sum s_i^2 (the two differ only in which spectrum the caller passes, see
-    :func:`rule_spectrum`); ``sv_proportion``: every s_i >= threshold * s_max; ``ratio``:
-    ceil(threshold * full rank).  The result is at least 1 and at most the full rank.
-    """
-    s = singular_values.detach().double().flatten()
-    full = int(s.numel())
-    if full == 0:
-        raise ValueError("empty spectrum")
-    if rule in ("energy", "explained_variance"):
-        power = s.square()
-        total = float(power.sum())
-        if total <= 0.0:
-            r = 1
-        else:
-            kept = torch.cumsum(power, 0) / total
-            r = int((kept < threshold - _EPS).sum()) + 1
-    elif rule == "sv_proportion":
-        r = int((s >= threshold * s.max() - _EPS).sum())
-    elif rule == "ratio":
-        r = math.ceil(threshold * full - _EPS)
-    else:
-        raise ValueError(f"unknown rank rule {rule!r} (known: {', '.join(RULES)})")
-    multiple = max(1, int(multiple))
-    r = math.ceil(max(r, 1) / multiple) * multiple
-    return min(r, full)
+    """Rank kept by ``rule`` at ``threshold`` for a descending spectrum, rounded up to ``multiple``
+    (the rules are defined in ``petra_hw.rank_rules``; :func:`rule_spectrum` says which spectrum
+    each reads)."""
+    return rank_rules.select_rank(
+        singular_values.detach().double().flatten().cpu().numpy(), rule, threshold, multiple
+    )
 
 
 def rule_spectrum(matrix: torch.Tensor, rule: str) -> torch.Tensor:
@@ -175,9 +152,14 @@ def dense_equivalent(m: nn.Module) -> nn.Module:
 def build_pair(
     dense: nn.Module, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor
 ) -> nn.Sequential:
-    """The LR pair for ``dense`` with W ~ U diag(S) Vh: B = U sqrt(S), A = sqrt(S) Vh."""
-    root = s.detach().clamp_min(0).sqrt()
-    left = (u.detach() * root).to(dense.weight.dtype)  # out x r
+    """The LR pair for ``dense`` with W ~ U diag(S) Vh: B = U sign(S) sqrt|S|, A = sqrt|S| Vh.
+
+    An SVD gives S >= 0, but Reg(orth_hoyer) trains S freely and may drive some negative; the sign
+    goes into the left factor so B A = U diag(S) Vh still holds (clamping at 0 would drop them).
+    """
+    s = s.detach()
+    root = s.abs().sqrt()
+    left = (u.detach() * (torch.sign(s) * root)).to(dense.weight.dtype)  # out x r
     right = (root[:, None] * vh.detach()).to(dense.weight.dtype)  # r x in
     r = int(s.numel())
     kw = {"device": dense.weight.device, "dtype": dense.weight.dtype}
@@ -328,4 +310,12 @@ def lowrank_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
         len(layers),
         ranks,
     )
+    skipped = len(layers) - len(ranks)
+    why = f"not cheaper at the rank {rule}={threshold} selects"
+    if not layers:
+        ctx.record(StepEffect.no_op(step, "no Linear, Conv or Embedding layer to factorize"))
+    elif not ranks:
+        ctx.record(StepEffect.no_op(step, f"decomposed 0 of {len(layers)} layers: {why}"))
+    elif skipped:
+        ctx.record(StepEffect(str(step), skipped=skipped, why_skipped=why))
     return model

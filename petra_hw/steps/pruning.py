@@ -27,6 +27,7 @@ from torch.nn.utils import prune
 
 from petra_hw.pipeline import Step
 from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
+from petra_hw.steps.effects import StepEffect
 from petra_hw.suite import Split
 from petra_hw.training import batch_loss, make_loss, train
 
@@ -271,6 +272,38 @@ def prune_unstructured(
     return model
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has an affine BatchNorm (what ``bn_scale`` scores channels by)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in model.modules())
+
+
+def _effect(
+    step: Step,
+    model: nn.Module,
+    before: list[tuple[int, int]],
+    after: list[tuple[int, int]],
+) -> StepEffect | None:
+    """What pruning changed, from each prunable layer's (output channels, zero weights) before
+    and after (structured pruning removes output channels, a layer's inputs follow another's
+    outputs; unstructured pruning adds zeros); None: every layer changed."""
+    index = 0 if step["structured"] else 1
+    untouched = sum(b[index] == a[index] for b, a in zip(before, after, strict=True))
+    if not before:
+        return StepEffect.no_op(step, "no prunable Conv or Linear layer besides the output")
+    if untouched == 0:
+        return None
+    if untouched < len(before):
+        why = "no output channel removed" if index == 0 else "no weight zeroed"
+        return StepEffect(str(step), skipped=untouched, why_skipped=why)
+    if index == 1:
+        return StepEffect.no_op(step, "zeroed no weight")
+    if step["criterion"] == "bn_scale" and not has_batchnorm(model):
+        return StepEffect.no_op(
+            step, "criterion bn_scale scores channels by BatchNorm scales; the model has none"
+        )
+    return StepEffect.no_op(step, f"removed no channel of {len(before)} prunable layers")
+
+
 @register("Pr", reads=pruning_reads)
 def pruning_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     """``Pr(criterion, ratio, scope, structured)``: prune ``model`` in place and log its cost."""
@@ -280,12 +313,20 @@ def pruning_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     example = ctx.suite.example_input(1)
     if ratio <= 0.0:
         log.info("Pr: ratio 0, nothing pruned")
+        ctx.record(StepEffect.no_op(step, "ratio 0"))
         return model
     macs0, params0 = tp.utils.count_ops_and_params(model, example)
+    outputs = output_layers(model, example)
+    layers = [m for m in model.modules() if isinstance(m, PRUNABLE) and m not in outputs]
+    before = [(m.weight.shape[0], int((m.weight == 0).sum())) for m in layers]
     if step["structured"]:
         prune_structured(model, criterion, ratio, scope, ctx)
     else:
-        prune_unstructured(model, criterion, ratio, scope, output_layers(model, example))
+        prune_unstructured(model, criterion, ratio, scope, outputs)
+    after = [(m.weight.shape[0], int((m.weight == 0).sum())) for m in layers]
+    effect = _effect(step, model, before, after)
+    if effect is not None:
+        ctx.record(effect)
     macs1, params1 = tp.utils.count_ops_and_params(model, example)
     log.info(
         "Pr(%s, ratio=%.2f, %s, %s): params %d -> %d (%.1f%%), MACs %d -> %d (%.1f%%)",

@@ -4,7 +4,8 @@
 and LR pairs) is temporarily trained as W = U diag(S) V^T, initialised from its SVD so the function
 is unchanged, with L_train + (lambda_O/|D|) sum L_O(U, V) + (lambda_H/|D|) sum L_H(S).  Afterwards
 the factors are folded back into the original structure (dense: W = U diag(S) V^T; pair:
-B = U sqrt(S), A = sqrt(S) V^T), so Reg leaves the architecture unchanged and a later LR truncates
+B = U sign(S) sqrt|S|, A = sqrt|S| V^T: a singular value training drove negative keeps its sign),
+so Reg leaves the architecture unchanged and a later LR truncates
 the spectrum that the Hoyer term concentrated.
 
 ``lai``, ``sparsity`` and ``norm`` add ``strength`` times their term (see ``regularizers``) to the

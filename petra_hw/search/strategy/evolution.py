@@ -3,6 +3,11 @@
 Canonical seeds plus random pipelines, parents by binary tournament on (front rank, hypervolume
 contribution), mutation only (``petra_hw.search.mutation``) with an adaptive operator bandit,
 survival by constrained non-dominated sorting and hypervolume.
+
+Random survivors: about one in ``RANDOM_SURVIVOR_EVERY`` survivors (``population_size // 8``) is
+kept at random instead of by merit, and only from a population of 8 upward: in a population of 4,
+one random survivor would already be a quarter of the parents that rank and hypervolume did not
+choose (see docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ from petra_hw.search.types import Candidate, Evaluation
 log = logging.getLogger(__name__)
 
 SEED_PIPELINES = ("LR", "Pr", "PTQ")
+RANDOM_SURVIVOR_EVERY = 8  # one random survivor per this many; none below this population
+
+
+def default_random_survivors(population_size: int) -> int:
+    """Survivors kept at random by default: ``population_size // 8`` (0 below 8)."""
+    return population_size // RANDOM_SURVIVOR_EVERY
 
 
 @register_strategy
@@ -38,6 +49,7 @@ class EvolutionStrategy(Strategy):
     survivor picked by binary tournament on front rank, then hypervolume contribution (parents at
     the extremes and in sparse parts of the front win ties).  Each tell runs survival over survivors
     plus newcomers and rewards an operator when its child entered the elite survivors.
+    ``n_random`` survivors (default :func:`default_random_survivors`) are kept at random.
     """
 
     name = "evolution"
@@ -49,7 +61,7 @@ class EvolutionStrategy(Strategy):
         seed: int = 0,
         objectives: Objectives | None = None,
         population_size: int = 16,
-        n_random: int = 2,
+        n_random: int | None = None,
         seed_pipelines: Sequence[str] = SEED_PIPELINES,
         p_min: float = 0.05,
         sigma: float = SIGMA,
@@ -60,7 +72,7 @@ class EvolutionStrategy(Strategy):
         if population_size < 2:
             raise ValueError("population_size must be at least 2")
         self.population_size = population_size
-        self.n_random = n_random
+        self.n_random = default_random_survivors(population_size) if n_random is None else n_random
         self.mutator = Mutator(space, OperatorBandit(OPERATORS, p_min=p_min), sigma)
         self.seeds = [
             space.repair(p, self.rng)

@@ -61,10 +61,10 @@ class PipelineCodec:
 
     def _step(self, kind: str, genes: np.ndarray) -> Step:
         searched = dict(zip(self.space.searchable_params(kind), genes, strict=False))
-        params = {
-            name: self.space.param_range(kind, name).from_unit(searched.get(name, 0.5))
-            for name in (p.name for p in Step.make(kind).spec.params)
-        }
+        params: dict[str, Any] = {}
+        for name in (p.name for p in Step.make(kind).spec.params):  # a range may depend on
+            r = self.space.param_range(kind, name, params)  # an earlier parameter's value
+            params[name] = r.from_unit(searched.get(name, 0.5))
         return self.space.normalize(Step.make(kind, **params))
 
 
