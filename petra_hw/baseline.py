@@ -6,6 +6,7 @@ with ``weights_only=True``.  The cache folder is ``$PETRA_HW_CACHE`` or ``~/.cac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -112,14 +113,19 @@ def get_baseline(
     cfg = suite.train
     log.info("training baseline %s (seed %d, %d epochs)", suite.name, seed, cfg.epochs)
     started = time.perf_counter()
+    total, done = cfg.epochs + cfg.finish_epochs, 0
 
     def progress(epoch: int, calib_loss: float) -> None:
         elapsed = time.perf_counter() - started
         log.info(
-            "baseline epoch %d/%d: calib loss %.4f (%.0f s)", epoch, cfg.epochs, calib_loss, elapsed
+            "baseline epoch %d/%d: calib loss %.4f (%.0f s)",
+            done + epoch,
+            total,
+            calib_loss,
+            elapsed,
         )
         if on_epoch is not None:
-            on_epoch(epoch, cfg.epochs, calib_loss, elapsed)
+            on_epoch(done + epoch, total, calib_loss, elapsed)
 
     result = train(
         model,
@@ -136,6 +142,29 @@ def get_baseline(
         augment=cfg.augment,
         epoch_callback=progress,
     )
+    if cfg.finish_epochs:
+        done = result.epochs_run
+        log.info(
+            "baseline %s: %d finishing epochs without augmentation", suite.name, cfg.finish_epochs
+        )
+        finish = train(
+            model,
+            splits.train,
+            epochs=cfg.finish_epochs,
+            batch_size=cfg.batch_size,
+            optimizer=cfg.optimizer,
+            lr=cfg.lr / 2,
+            weight_decay=cfg.weight_decay,
+            default_loss=suite.default_loss,
+            seed=seed + 1,
+            monitor=splits.calib,
+            epoch_callback=progress,
+        )
+        result = dataclasses.replace(
+            result,
+            epochs_run=result.epochs_run + finish.epochs_run,
+            wall_s=result.wall_s + finish.wall_s,
+        )
 
     metrics = {
         **_metrics(suite, model, splits),

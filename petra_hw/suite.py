@@ -97,7 +97,10 @@ class TrainConfig:
     A bundled baseline trains *until more training stops helping*: ``epochs`` is a cap, the
     cosine schedule spans it, and training stops after ``patience`` epochs without a better calib
     loss (None: a third of the cap, at least 3; 0: never, the whole schedule runs and its final
-    weights are kept).  ``augment`` transforms each training batch of
+    weights are kept).  ``finish_epochs`` then train without augmentation on a fresh cosine from
+    half the rate, stopped on calib loss like a pipeline's ``Tr``: a model trained on augmented
+    inputs still gains from a short fine-tune on clean ones, and the baseline must have that gain
+    before any pipeline is credited with it.  ``augment`` transforms each training batch of
     the baseline (candidates' short fine-tunes train without it, as the training control does).
     """
 
@@ -108,6 +111,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int | None = None
     augment: Augment | None = None
+    finish_epochs: int = 0
 
     def early_stop_patience(self) -> int | None:
         """Epochs without a better calib loss before stopping; None: run the whole schedule."""
@@ -218,7 +222,8 @@ class Suite:
         cfg = self.train
         augment = getattr(cfg.augment, "__qualname__", repr(cfg.augment))
         recipe = (cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay)
-        h.update(repr((*recipe, cfg.patience, augment)).encode())
+        finish = (cfg.finish_epochs,) if cfg.finish_epochs else ()  # older keys stay valid
+        h.update(repr((*recipe, cfg.patience, augment, *finish)).encode())
         return h.hexdigest()[:12]
 
 

@@ -156,3 +156,36 @@ def test_whole_schedule_training_keeps_the_final_weights() -> None:
     assert whole.monitor_history[-1] > min(whole.monitor_history)  # would have rolled back
     stopped = train(early, Split(x, y), epochs=12, lr=1e-2, monitor=monitor, patience=2)
     assert stopped.stopped_early and stopped.epochs_run < 12
+
+
+def test_finishing_epochs_train_on_clean_inputs_after_the_schedule(tmp_path, monkeypatch) -> None:
+    """finish_epochs run after the schedule, without the augmentation, and count in progress."""
+    import dataclasses
+
+    from petra_hw.baseline import get_baseline
+    from petra_hw.suite import load_suite
+
+    monkeypatch.setenv("PETRA_HW_CACHE", str(tmp_path))
+    digits = load_suite("digits")
+    calls: list[int] = []
+
+    def counting_augment(x, gen):
+        calls.append(len(x))
+        return x
+
+    train = dataclasses.replace(digits.train, epochs=2, augment=counting_augment, finish_epochs=2)
+    suite = dataclasses.replace(digits, train=train)
+    assert (
+        suite.code_version()
+        != dataclasses.replace(
+            suite, train=dataclasses.replace(train, finish_epochs=0)
+        ).code_version()
+    )
+    seen: list[tuple[int, int]] = []
+    fresh = get_baseline(suite, 0, on_epoch=lambda e, n, *_: seen.append((e, n)))
+    augmented_batches = len(calls)
+    assert fresh.metrics["epochs_run"] == len(seen) > 2
+    assert [e for e, _ in seen] == list(range(1, len(seen) + 1)) and {n for _, n in seen} == {4}
+    # only the two scheduled epochs augmented: as many batches as two passes over train
+    batches_per_epoch = -(-len(fresh.splits.train) // train.batch_size)
+    assert augmented_batches <= 2 * batches_per_epoch

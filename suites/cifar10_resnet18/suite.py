@@ -38,6 +38,7 @@ SUITE = Suite(
         weight_decay=5e-4,
         patience=0,  # the whole cosine schedule, final weights (see cifar10-resnet20)
         augment=augment,
+        finish_epochs=5,
     ),
     description="real CIFAR-10 (subset or full), torchvision ResNet-18 with the CIFAR stem",
     num_outputs=10,
