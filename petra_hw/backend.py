@@ -79,6 +79,8 @@ class CompileRequest:
 class Backend(Protocol):
     name: str
     precisions: tuple[str, ...]
+    # whether zeroed weights (unstructured masks) make its artifacts faster or smaller
+    sparse_weights: bool
 
     def available(self, profile: DeviceProfile) -> str | None: ...
 
@@ -95,6 +97,9 @@ class BaseBackend:
     name: str = ""
     precisions: tuple[str, ...] = ()
     int8_modes: tuple[str, ...] = INT8_MODES
+    # Dense runtimes (ONNX Runtime, OpenVINO CPU, TensorRT without 2:4 sparsity) store and
+    # multiply zeros like any weight: an unstructured mask saves neither time nor bytes there.
+    sparse_weights: bool = False
 
     def available(self, profile: DeviceProfile) -> str | None:
         return None

@@ -84,3 +84,25 @@ def test_tune_refuses_a_space_that_cannot_apply(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no step kind of the search space can change this model" in err[0]
     assert not list((tmp_path / "runs").glob("*/journal*"))  # refused before the run began
+
+
+def test_unstructured_masks_leave_a_profile_of_dense_backends(caplog) -> None:
+    """ORT and OpenVINO multiply zeros like any weight: Pr(structured=false) can only cost
+    quality there, so the space keeps structured pruning only; a backend that declares
+    sparse_weights keeps both."""
+    from petra_hw.backend import get_backend
+    from petra_hw.profiles import load_profile
+    from petra_hw.search.applicable import dense_backends
+
+    cpu = load_profile("cpu")
+    assert set(dense_backends(cpu)) == set(cpu.backends) and dense_backends(cpu)
+    with caplog.at_level(logging.INFO, logger="petra_hw.search.applicable"):
+        space = fit_space(SearchSpace.default(), no_batchnorm(), EXAMPLE, 1, dense_backends(cpu))
+    assert space.param_range("Pr", "structured").choices == (True,)
+    assert "save no time or bytes on" in caplog.text
+    ort = type(get_backend("onnxruntime"))
+    try:
+        ort.sparse_weights = True
+        assert dense_backends(cpu) == ()
+    finally:
+        del ort.sparse_weights

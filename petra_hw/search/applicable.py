@@ -4,7 +4,9 @@ A new run inspects the model's structure once (no data, no training) before it j
 space, so the search never spends evaluations on steps that would be no-ops for every candidate:
 LR without a Linear/Conv/Embedding layer that a low-rank pair could make cheaper, Pr without a
 prunable layer besides the output, Pr's ``bn_scale`` criterion without BatchNorm, Reg's
-regularizers without the layers they act on.  Each drop is logged with its reason.  What only some
+regularizers without the layers they act on, and Pr's unstructured masks when no backend of the
+device profits from zeroed weights (``Backend.sparse_weights``).  Each drop is logged with its
+reason.  What only some
 candidates make a no-op (an LR threshold that keeps the full rank) is caught per candidate when its
 steps run (``petra_hw.steps.effects``).
 """
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from petra_hw.errors import UserError
+from petra_hw.profiles import DeviceProfile
 from petra_hw.search.space import ParamRange, SearchSpace
 from petra_hw.steps.lowrank import factorizable_layers, is_lowrank_pair, pair_rank, saves_cost
 from petra_hw.steps.pruning import PRUNABLE, has_batchnorm, output_layers
@@ -73,21 +76,46 @@ def inapplicable(traits: ModelTraits) -> tuple[dict[str, str], dict[tuple[str, s
         kinds["Pr"] = "no prunable Conv or Linear layer besides the output"
     choices: dict[tuple[str, str, str], str] = {}
     if not traits.batchnorm:
-        choices["Pr", "criterion", "bn_scale"] = "bn_scale scores channels by BatchNorm scales"
+        choices["Pr", "criterion", "bn_scale"] = (
+            "bn_scale scores channels by BatchNorm scales; the model has none"
+        )
     if traits.factorizable == 0:
-        choices["Reg", "reg", "orth_hoyer"] = "orth_hoyer trains factorizable layers"
+        choices["Reg", "reg", "orth_hoyer"] = (
+            "orth_hoyer trains factorizable layers; the model has none"
+        )
     if traits.norm_layers == 0:
-        choices["Reg", "reg", "norm"] = "norm acts on Linear and Conv weights"
+        choices["Reg", "reg", "norm"] = "norm acts on Linear and Conv weights; the model has none"
         if traits.embeddings == 0:
-            choices["Reg", "reg", "sparsity"] = "sparsity acts on Linear, Conv, Embedding weights"
+            choices["Reg", "reg", "sparsity"] = (
+                "sparsity acts on Linear, Conv, Embedding weights; the model has none"
+            )
     return kinds, choices
 
 
+def dense_backends(profile: DeviceProfile) -> tuple[str, ...]:
+    """The profile's backends when none profits from zeroed weights (then unstructured pruning
+    can only cost quality), else ()."""
+    from petra_hw.backend import get_backend
+
+    names = tuple(profile.backends)
+    return () if any(get_backend(n).sparse_weights for n in names) else names
+
+
 def fit_space(
-    space: SearchSpace, model: nn.Module, example: torch.Tensor, channel_multiple: int = 1
+    space: SearchSpace,
+    model: nn.Module,
+    example: torch.Tensor,
+    channel_multiple: int = 1,
+    dense_backends: tuple[str, ...] = (),
 ) -> SearchSpace:
-    """``space`` without what cannot change ``model``; a UserError when nothing is left."""
+    """``space`` without what cannot change ``model`` (or, for ``dense_backends``, the profile's
+    backends when none profits from zeroed weights, its measured objectives); a UserError when
+    nothing is left."""
     dropped_kinds, dropped_choices = inapplicable(ModelTraits.of(model, example, channel_multiple))
+    if dense_backends:
+        dropped_choices["Pr", "structured", False] = (
+            f"unstructured masks save no time or bytes on {', '.join(dense_backends)}"
+        )
     ranges = dict(space.ranges)
     for (kind, name, choice), why in dropped_choices.items():
         key = f"{kind}.{name}"
@@ -95,7 +123,7 @@ def fit_space(
         if kind not in space.kinds or r is None or choice not in r.choices:
             continue
         left = tuple(c for c in r.choices if c != choice)
-        log.info("search space: %s=%s dropped: %s; the model has none", key, choice, why)
+        log.info("search space: %s=%s dropped: %s", key, choice, why)
         if left:
             ranges[key] = ParamRange(r.type, choices=left)
         else:

@@ -299,7 +299,7 @@ def tune(
     from petra_hw.fingerprint import fingerprint
     from petra_hw.plugins import load_plugins
     from petra_hw.profiles import check_host, load_profile
-    from petra_hw.search.applicable import fit_space
+    from petra_hw.search.applicable import dense_backends, fit_space
     from petra_hw.suite import load_suite
 
     settings = dataclasses.replace(
@@ -315,6 +315,7 @@ def tune(
         suite.build_model(),
         suite.example_input(1),
         profile.channel_multiple,
+        dense_backends(profile),
     )
     settings = dataclasses.replace(
         settings,
