@@ -420,6 +420,7 @@ def evaluate_candidate(candidate: Candidate, context: EvalContext) -> Evaluation
         precision=str(state.get("precision", "")),
         backend=str(state.get("backend", "")),
         cache_hit_steps=int(state.get("cache_hits", 0)),
+        fidelity=candidate.fidelity,
     )
 
 
@@ -467,6 +468,7 @@ def _evaluate(
                 seed=ctx.seed,
                 cache=_prefix_cache(env, ctx, fault),
                 epoch_callback=_cut_callback(env, ctx.cut, pipeline),
+                fidelity=candidate.fidelity,
             )
             model = applied.model
             finite = _finite_outputs(model, splits)
@@ -521,6 +523,7 @@ def _evaluate(
         backend=backend,
         timings_s=timings,
         cache_hit_steps=applied.cache_hit,
+        fidelity=candidate.fidelity,
     )
     return replace(ev, feasible=feasible(ev, ctx.objectives, ctx.original))
 

@@ -11,8 +11,9 @@ hypervolume make sense across suites and devices:
 - ``complexity``: steps (or whatever the evaluator reports as ``complexity``) / ``complexity_scale``.
 
 Hardware constraints become a violation amount (0 = feasible) for Deb's constrained domination.
-An evaluation with ``error`` set, or without a finite value for an active objective, is *failed*:
-it ranks after every infeasible one.
+An evaluation with ``error`` set, without a finite value for an active objective, or at a reduced
+fidelity (``petra_hw.search.fidelity``: its training was cut short, so it is no point of any
+front) is *failed*: it ranks after every infeasible one.
 """
 
 from __future__ import annotations
@@ -151,9 +152,10 @@ class Objectives:
         cv = np.zeros(n)
         failed = np.zeros(n, dtype=bool)
         for i, ev in enumerate(evaluations):
-            row = [self.normalized(ev, name) for name in names] if ev.ok else []
-            v = self.violation(ev) if ev.ok else math.inf
-            if not ev.ok or not all(math.isfinite(x) for x in row) or not math.isfinite(v):
+            usable = ev.ok and ev.full_fidelity
+            row = [self.normalized(ev, name) for name in names] if usable else []
+            v = self.violation(ev) if usable else math.inf
+            if not usable or not all(math.isfinite(x) for x in row) or not math.isfinite(v):
                 failed[i] = True
                 cv[i] = math.inf
                 continue

@@ -37,6 +37,7 @@ class StepContext:
     seed: int = 0
     epoch_callback: Callable[[int, float], None] | None = None
     reads: frozenset[str] | None = None  # settings the running step declared (None: any)
+    fidelity: float = 1.0  # share of each training epoch to run (multi-fidelity search)
 
     def _setting(self, name: str) -> object:
         if self.reads is not None and name not in self.reads:
