@@ -178,14 +178,19 @@ class LocalExecutor:
         child.close()
         return _Worker(process, parent)
 
-    def _replace(self, worker: _Worker) -> _Worker:
-        """Kill a worker (and its process group) and put a fresh one in its place."""
+    def _kill(self, worker: _Worker) -> None:
+        """Kill a worker and its process group; a later task starts a fresh one in its place."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(worker.process.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             worker.process.kill()
         worker.process.join(timeout=10)
         worker.conn.close()
+        worker.task = None
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        """Kill a worker (and its process group) and put a fresh one in its place."""
+        self._kill(worker)
         fresh = self._spawn()
         self._workers[self._workers.index(worker)] = fresh
         return fresh
@@ -245,7 +250,7 @@ class LocalExecutor:
             return failed(candidate, kind, f"worker died: {reason}", elapsed)
         if self.budget is not None and now >= self.budget.deadline:
             log.info("candidate %s stopped at the time budget", candidate.id)
-            self._replace(w)
+            self._kill(w)  # no fresh worker: nothing starts after the deadline
             return failed(candidate, BUDGET, self.budget.stopped(elapsed), elapsed)
         if w.waiting_since is not None and now - w.waiting_since >= LOCK_WAIT_LIMIT_S:
             self._replace(w)
