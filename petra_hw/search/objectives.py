@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from petra_hw.search.noise import band
 from petra_hw.search.types import OBJECTIVE_DIRECTIONS, Evaluation
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,14 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class ObjectiveMatrix:
-    """Rows = evaluations.  ``F`` is normalized and minimized (``inf`` rows for failed ones)."""
+    """Rows = evaluations.  ``F`` is normalized and minimized (``inf`` rows for failed ones);
+    ``B`` holds each value's noise half-width (``petra_hw.search.noise``; None: exact)."""
 
     names: tuple[str, ...]
     F: np.ndarray
     cv: np.ndarray
     failed: np.ndarray
+    B: np.ndarray | None = None
 
     @property
     def feasible(self) -> np.ndarray:
@@ -149,6 +152,7 @@ class Objectives:
         names = tuple(names) if names is not None else self.active_names(evaluations)
         n, m = len(evaluations), len(names)
         F = np.full((n, m), np.inf)
+        B = np.zeros((n, m))
         cv = np.zeros(n)
         failed = np.zeros(n, dtype=bool)
         for i, ev in enumerate(evaluations):
@@ -160,8 +164,9 @@ class Objectives:
                 cv[i] = math.inf
                 continue
             F[i] = row
+            B[i] = [band(ev, name, x) for name, x in zip(names, row, strict=True)]
             cv[i] = v
-        return ObjectiveMatrix(names, F, cv, failed)
+        return ObjectiveMatrix(names, F, cv, failed, B)
 
     def reference_point(self, names: Sequence[str] | None = None) -> np.ndarray:
         """A fixed point: 10% beyond the worst *allowed* value of each normalized objective.
