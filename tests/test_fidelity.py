@@ -148,6 +148,10 @@ def test_a_run_keeps_low_fidelity_off_its_front_and_report_and_resumes_it(
     for e in evs:
         if not e.full_fidelity:
             assert (e.candidate.pipeline.hash in full) == enters_front(e, [original], objectives)
+    final = result.stats["remeasured_final"]  # the front re-timed with the Original, interleaved
+    assert set(final["front"]) == {
+        e.candidate.id for e in result.front if e.candidate.pipeline.steps
+    }
     stats = result.stats["fidelity"]
     assert stats["low_fidelity"] == len(low)
     assert stats["promoted"] + stats["stopped_low"] == len(low)

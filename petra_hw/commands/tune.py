@@ -154,6 +154,14 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained")
     p.add_argument(
+        "--no-remeasure",
+        dest="remeasure",
+        action="store_false",
+        default=None,
+        help="skip re-timing the Original with the front, interleaved, after each generation "
+        "and before the report",
+    )
+    p.add_argument(
         "--fidelity",
         dest="fidelity_rungs",
         type=_rungs,
@@ -307,6 +315,12 @@ def _summary(result) -> None:
         if fid.get("low_fidelity")
         else ""
     )
+    final = stats.get("remeasured_final") or {}
+    for row in final.get("front", {}).values():
+        console.print(
+            f"  interleaved re-measure: {row['pipeline']} at {row['latency_ratio']:.2f}x the "
+            f"Original's batch-1 latency (journaled {row['journaled_ratio']:.2f}x)"
+        )
     console.print(
         f"{len(result.evaluations)} evaluations{low} ({errors_by_kind or 'no errors'}); "
         f"stopped: {result.stop_reason}; prefix cache: {cache.get('hits', 0)}/"

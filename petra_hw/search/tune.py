@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from petra_hw.errors import DiskFull, UserError
@@ -116,6 +117,9 @@ class TuneSettings:
     # Successive-halving rungs (shares of the training epochs) a training candidate passes
     # before full epochs; () evaluates every candidate at full fidelity (petra_hw.search.fidelity)
     fidelity_rungs: tuple[float, ...] = DEFAULT_RUNGS
+    # Re-time the Original with the front, interleaved, after each generation and before the
+    # report (petra_hw.search.remeasure)
+    remeasure: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -414,6 +418,9 @@ class _Session:
             if e.error_kind not in RETRIED_KINDS
         }
         self.budget_stops = dict(record.stats.get("budget_stops", {}))
+        self.remeasured = list(record.stats.get("remeasured", []))
+        self.remeasured_final: dict[str, Any] | None = record.stats.get("remeasured_final")
+        self._calib: np.ndarray | None = None
         self.started = time.monotonic()
         self.started_at = time.time()
         self.evaluated = 0
@@ -446,6 +453,8 @@ class _Session:
             "errors": errors,
             "fidelity": fidelity_stats(self.journal.values()),
             "budget_stops": self.budget_stops,
+            "remeasured": self.remeasured,
+            "remeasured_final": self.remeasured_final,
             "prefix_cache": {
                 "hits": len(hits),
                 "applied": len(applied),
@@ -530,6 +539,40 @@ class _Session:
             f"{first.candidate.pipeline}: {first.error})"
         )
 
+    def _remeasure(self, profile: DeviceProfile, front: list[Evaluation], *, final: bool) -> None:
+        """Re-time the Original with ``front`` interleaved (``search.remeasure``) and record it;
+        a failure is recorded with its reason, never the run's end."""
+        from petra_hw.search.remeasure import remeasure
+
+        if not self.settings.remeasure or self.original is None:
+            return
+        t = time.monotonic()
+        try:
+            record = remeasure(self.original, front, profile, self._calib_inputs(), final=final)
+        except Exception as exc:
+            log.warning("interleaved re-measurement failed: %s", exc)
+            record = {"error": f"{type(exc).__name__}: {exc}"}
+        record.update(
+            generation=self.generation,
+            elapsed_s=self.search_elapsed(),
+            seconds=time.monotonic() - t,
+        )
+        if final:
+            self.remeasured_final = record
+        else:
+            self.remeasured.append(record)
+
+    def _calib_inputs(self) -> np.ndarray:
+        """Real inputs to time on: the first calib samples (loaded once per session)."""
+        if self._calib is None:
+            from petra_hw.suite import DataContext, load_suite
+
+            s = self.settings
+            data_dir = Path(s.data_dir) if s.data_dir else None
+            splits = load_suite(s.suite).load_splits(DataContext(data_dir, s.seed))
+            self._calib = splits.calib.x[:64].numpy()
+        return self._calib
+
     def _evaluate_batch(self, executor: Executor, batch: list[Candidate]) -> list[Evaluation]:
         """One evaluation per candidate: rung by rung (``search.fidelity``) where the run has
         reduced rungs, else straight at full fidelity."""
@@ -549,12 +592,17 @@ class _Session:
         front = pareto_front(before, self.objectives)
         return halving.run(batch, front, lambda todo: self._evaluate(executor, todo))
 
-    def _arm_budget(self, executor: Executor) -> None:
-        """Give the executor the run's deadline and admission rule (a hard time budget)."""
+    def _arm_budget(self, executor: Executor, profile: DeviceProfile) -> None:
+        """Give the executor the run's deadline and admission rule (a hard time budget), less
+        a reserve for the final interleaved re-measurement of the front."""
         s = self.settings
         if s.budget_s is None or not hasattr(executor, "budget"):
             return
-        deadline = time.monotonic() + s.budget_s - self.search_elapsed()
+        reserve = 0.0
+        if s.remeasure:
+            per_artifact = 2 * profile.measurement.min_time_s  # batch 1 and the largest batch
+            reserve = min(0.05 * s.budget_s, (1 + s.population) * per_artifact)
+        deadline = time.monotonic() + s.budget_s - reserve - self.search_elapsed()
         executor.budget = BudgetGate(deadline, lambda c: expected_seconds(c, self.journal))
 
     def _build_references(self, executor: Executor, profile, space) -> None:
@@ -673,7 +721,7 @@ class _Session:
         space = s.search_space(profile)  # the journaled spec (older runs: recomputed here)
         if s.references:
             self._build_references(executor, profile, space)
-        self._arm_budget(executor)  # the Original and references are not charged to the budget
+        self._arm_budget(executor, profile)  # the Original and references are not charged
         kwargs: dict[str, Any] = {"objectives": objectives}
         if STRATEGIES[s.strategy].uses_population:
             kwargs["population_size"] = max(2, s.population)
@@ -726,6 +774,8 @@ class _Session:
                     value=self.hv,
                     elapsed_s=self.search_elapsed(),
                 )
+            if stopper.reason(strategy, self.search_elapsed(), last) is None:
+                self._remeasure(profile, strategy.archive, final=False)
             self._report(None)
             batch = []
         log.info("run %s stops: %s", self.run_id, reason)
@@ -737,15 +787,18 @@ class _Session:
             for e in self.store.evaluations(self.run_id)
             if e.full_fidelity and e.error_kind != BUDGET
         ]
+        front = pareto_front(
+            [e for e in evaluations if e.candidate.pipeline.steps] + [self.original], objectives
+        )
+        self._remeasure(profile, front, final=True)
+        self.store.update_stats(self.run_id, **self._stats())
         return TuneResult(
             run_id=self.run_id,
             run_dir=self.run_dir,
             original=self.original,
             evaluations=evaluations,
             references=list(self.references.values()),
-            front=pareto_front(
-                [e for e in evaluations if e.candidate.pipeline.steps] + [self.original], objectives
-            ),
+            front=front,
             objectives=objectives,
             stop_reason=reason,
             stats=self.store.get_run(self.run_id).stats,
