@@ -300,20 +300,27 @@ def pinned(threads: int) -> Iterator[None]:
     if threads <= 0 or not hasattr(os, "sched_setaffinity"):
         yield
         return
-    allowed = sorted(os.sched_getaffinity(0))
-    cores = set(allowed[: min(threads, len(allowed))])
     tasks = Path("/proc/self/task")
+
+    def tids() -> list[int]:
+        return [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else []
+
+    original = os.sched_getaffinity(0)
+    allowed = sorted(original)
+    cores = set(allowed[: min(threads, len(allowed))])
     saved: dict[int, set[int]] = {}
-    for tid in (int(t.name) for t in tasks.iterdir()) if tasks.is_dir() else ():
+    for tid in tids():
         with contextlib.suppress(OSError):
             saved[tid] = os.sched_getaffinity(tid)
             os.sched_setaffinity(tid, cores)
     try:
         yield
     finally:
-        for tid, mask in saved.items():
+        # threads the runtime started while pinned inherited the pin: they get the process's
+        # mask back too (an OpenMP pool left on one core would crawl through later training)
+        for tid in tids():
             with contextlib.suppress(OSError):
-                os.sched_setaffinity(tid, mask)
+                os.sched_setaffinity(tid, saved.get(tid, original))
 
 
 def _noisy(stats: list[LatencyStats], loads: list[HostLoad], settings: MeasureSettings) -> bool:

@@ -73,15 +73,22 @@ def test_pinning_covers_every_thread_and_is_undone() -> None:
     t = threading.Thread(target=pool_thread)
     t.start()
     started.wait()
+    late = threading.Thread(target=stop.wait)  # started while pinned: inherits the pin
     try:
         with pinned(1):
             seen["main"] = os.sched_getaffinity(0)
             seen["pool"] = os.sched_getaffinity(t.native_id)
+            late.start()
+            seen["late"] = os.sched_getaffinity(late.native_id)
         seen["after"] = os.sched_getaffinity(t.native_id)
+        seen["late after"] = os.sched_getaffinity(late.native_id)
     finally:
         stop.set()
         t.join()
+        if late.is_alive():
+            late.join()
     first = {min(before)}
-    assert seen["main"] == first and seen["pool"] == first
+    assert seen["main"] == first and seen["pool"] == first and seen["late"] == first
     assert seen["after"] == before and os.sched_getaffinity(0) == before
+    assert seen["late after"] == before
     assert Path("/proc/self/task").is_dir()
