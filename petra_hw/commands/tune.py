@@ -61,6 +61,15 @@ def _space_file(text: str) -> dict[str, Any]:
     return spec
 
 
+def _rungs(text: str) -> tuple[float, ...]:
+    from petra_hw.search.fidelity import parse_rungs
+
+    try:
+        return parse_rungs(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="search compression pipelines measured on the device (default)")
     p.add_argument("--suite", default="digits", help="bundled suite name or path to a suite.py")
@@ -142,6 +151,24 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained")
     p.add_argument(
+        "--no-remeasure",
+        dest="remeasure",
+        action="store_false",
+        default=None,
+        help="skip re-timing the Original with the front, interleaved, after each generation "
+        "and before the report",
+    )
+    p.add_argument(
+        "--fidelity",
+        dest="fidelity_rungs",
+        type=_rungs,
+        default=None,
+        metavar="RUNGS",
+        help="successive-halving rungs: shares of the training epochs a candidate that trains "
+        "runs at first, promoted to full epochs only if that point enters the front "
+        "(default 0.34; e.g. 0.2,0.5; 'off' for full fidelity only)",
+    )
+    p.add_argument(
         "--space",
         type=_space_file,
         default=None,
@@ -183,6 +210,8 @@ def _line(p) -> str:
         f"reference {ev.candidate.reference}" if ev.candidate.reference else ev.candidate.pipeline
     )
     head = f"[{'journal' if p.reused else p.evaluations}] {what}"
+    if not ev.full_fidelity:
+        head += f" [dim](fidelity {ev.fidelity:g})[/]"
     if not ev.ok:
         return f"[red]✗[/] {head}: {ev.error_kind}: {ev.error}"
     o, ref = ev.objectives, (p.original.objectives if p.original else {})
@@ -277,8 +306,20 @@ def _summary(result) -> None:
     stats = result.stats
     cache = stats.get("prefix_cache", {})
     errors_by_kind = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("errors", {}).items()))
+    fid = stats.get("fidelity", {})
+    low = (
+        f" + {fid['low_fidelity']} at reduced fidelity ({fid['promoted']} promoted)"
+        if fid.get("low_fidelity")
+        else ""
+    )
+    final = stats.get("remeasured_final") or {}
+    for row in final.get("front", {}).values():
+        console.print(
+            f"  interleaved re-measure: {row['pipeline']} at {row['latency_ratio']:.2f}x the "
+            f"Original's batch-1 latency (journaled {row['journaled_ratio']:.2f}x)"
+        )
     console.print(
-        f"{len(result.evaluations)} evaluations ({errors_by_kind or 'no errors'}); "
+        f"{len(result.evaluations)} evaluations{low} ({errors_by_kind or 'no errors'}); "
         f"stopped: {result.stop_reason}; prefix cache: {cache.get('hits', 0)}/"
         f"{cache.get('applied', 0)} hits, {cache.get('seconds_saved', 0.0):.1f} s saved"
     )
