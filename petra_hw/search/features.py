@@ -164,7 +164,7 @@ class StructureProbe:
         return self._by_pipeline[key]
 
     def _compute(self, pipeline: Pipeline) -> Structure | None:
-        from petra_hw.apply import apply, keyed_prefix
+        from petra_hw.apply import keyed_prefix
 
         intent = deployed_intent(pipeline, self.profile)
         try:
@@ -175,19 +175,11 @@ class StructureProbe:
         graph = canonicalize(structural_pipeline(applied))
         gkey = (keyed_prefix(graph, len(graph)).hash, intent.precision)  # unread settings out
         if gkey not in self._by_graph:
-            try:
-                model = apply(
-                    graph,
-                    self.baseline,
-                    self.baseline.suite,
-                    channel_multiple=self.profile.channel_multiple,
-                    seed=self.seed,
-                ).model
-                example = self.baseline.suite.example_input(1)
-                self._by_graph[gkey] = graph_features(model, example, intent.precision)
-            except Exception as exc:  # a failing step is the candidate's, recorded when evaluated
-                log.info("no structure for %s: %s: %s", pipeline, type(exc).__name__, exc)
+            feats = self._graph_features(graph, intent.precision)
+            if feats is None:
+                log.info("no structure for %s", pipeline)
                 return None
+            self._by_graph[gkey] = feats
         feats = dict(self._by_graph[gkey])
         feats.update(_one_hot(intent, backend))
         return Structure(
@@ -198,6 +190,26 @@ class StructureProbe:
             exact=is_exact(applied),
             features=tuple(sorted(feats.items())),
         )
+
+    def _graph_features(self, graph: Pipeline, precision: str) -> dict[str, float] | None:
+        """Features of ``graph`` applied to the starting model; None when a step fails (the
+        candidate's failure, which its full evaluation records)."""
+        from petra_hw.apply import apply
+        from petra_hw.search.evaluator import computing
+
+        with computing():  # a shared hold on the machine's compute lock: never while measuring
+            try:
+                model = apply(
+                    graph,
+                    self.baseline,
+                    self.baseline.suite,
+                    channel_multiple=self.profile.channel_multiple,
+                    seed=self.seed,
+                ).model
+                return graph_features(model, self.baseline.suite.example_input(1), precision)
+            except Exception as exc:
+                log.info("structural steps %s failed: %s: %s", graph, type(exc).__name__, exc)
+                return None
 
 
 def _one_hot(intent: PrecisionIntent, backend: str) -> dict[str, float]:

@@ -63,7 +63,6 @@ class Guide:
         self.record = record
         self.points: dict[str, tuple[Evaluation, Structure]] = {}
         self.n_screened = 0
-        self.n_ranked = 0  # slots decided by the cost model
 
     # -- what was measured --------------------------------------------------------------------
     def observe(self, evaluations: Iterable[Evaluation]) -> None:
@@ -109,7 +108,6 @@ class Guide:
         if len(drafts) == 1 or self.cost_model is None or not self.cost_model.ready:
             return drafts[0]
         scores = self.scores(drafts, archive)
-        self.n_ranked += 1
         best = max(range(len(drafts)), key=lambda i: (scores[i], -i))
         return drafts[best]
 
@@ -184,7 +182,6 @@ class Guide:
             out["cost_model"] = {
                 "enabled": True,
                 "mutants": self.mutants,
-                "ranked_slots": self.n_ranked,
                 **self.cost_model.summary(),
             }
         return out
