@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from petra_hw.search.costmodel import CostModel, Measurement
+from petra_hw.search.costmodel import TARGETS, CostModel, Measurement
 from petra_hw.search.features import Structure, StructureProbe
 from petra_hw.search.objectives import QUALITY, Objectives
 from petra_hw.search.screening import screen_reason
@@ -76,9 +76,7 @@ class Guide:
                 continue
             self.points[cid] = (ev, s)
             if self.cost_model is not None:
-                targets = tuple(
-                    ev.objectives.get(t, math.nan) for t in ("latency_ms", "throughput_ips")
-                )
+                targets = tuple(ev.objectives.get(t, math.nan) for t in TARGETS)
                 self.cost_model.add(Measurement(cid, s.features, targets))
 
     @property
