@@ -149,6 +149,25 @@ def add_parser(sub) -> None:
         action="store_false",
         help="skip the one-shot peers and the training control (comparison runs)",
     )
+    p.add_argument(
+        "--no-screening",
+        dest="screening",
+        action="store_false",
+        help="evaluate every child, even one certainly dominated on MACs and size (ablation)",
+    )
+    p.add_argument(
+        "--no-cost-model",
+        dest="cost_model",
+        action="store_false",
+        help="plain mutation: no learned cost model choosing among --mutants children (ablation)",
+    )
+    p.add_argument(
+        "--mutants",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="children drawn per slot, the cost model's best evaluated (default 8)",
+    )
     p.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained")
     p.add_argument(
         "--no-remeasure",
@@ -245,6 +264,7 @@ def _name(ev) -> str:
 
 
 def _summary(result) -> None:
+    from petra_hw.report.markdown import guide_line
     from petra_hw.value import compare, quality_budget, undertrained, within_budget
 
     o = result.original
@@ -318,6 +338,7 @@ def _summary(result) -> None:
             f"  interleaved re-measure: {row['pipeline']} at {row['latency_ratio']:.2f}x the "
             f"Original's batch-1 latency (journaled {row['journaled_ratio']:.2f}x)"
         )
+    console.print(guide_line(stats))
     console.print(
         f"{len(result.evaluations)} evaluations{low} ({errors_by_kind or 'no errors'}); "
         f"stopped: {result.stop_reason}; prefix cache: {cache.get('hits', 0)}/"

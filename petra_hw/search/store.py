@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from petra_hw.errors import DiskFull, UserError
 from petra_hw.fsutil import disk_full
-from petra_hw.search.types import Evaluation
+from petra_hw.search.types import Candidate, Evaluation
 
 SCHEMA_VERSION = 3  # 2: the references table; 3: evaluations.fidelity
 T = TypeVar("T")
@@ -82,6 +82,15 @@ CREATE TABLE IF NOT EXISTS strategy_states (
     state TEXT NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (run_id, generation)
+);
+CREATE TABLE IF NOT EXISTS screened (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    candidate_id TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, candidate_id)
 );
 CREATE TABLE IF NOT EXISTS hypervolume (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -398,6 +407,27 @@ class Store:
             "SELECT data FROM reference_evaluations WHERE run_id=? ORDER BY seq", (run_id,)
         ).fetchall()
         return [Evaluation.from_json(json.loads(r["data"])) for r in rows]
+
+    # -- screened children (skipped on cheap objectives: petra_hw.search.screening) --------------
+    def add_screened(self, run_id: str, candidate: Candidate, reason: str) -> bool:
+        """Journal a child that was screened instead of evaluated; False when already there."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO screened (run_id, candidate_id, generation, pipeline, reason, created)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT (run_id, candidate_id) DO NOTHING",
+                (run_id, candidate.id, candidate.generation, str(candidate.pipeline), reason,
+                 time.time()),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    @_read
+    def screened(self, run_id: str) -> list[tuple[str, str]]:
+        """A run's screened children as (pipeline, reason), in the order they were screened."""
+        rows = self._conn.execute(
+            "SELECT pipeline, reason FROM screened WHERE run_id=? ORDER BY created, rowid",
+            (run_id,),
+        ).fetchall()
+        return [(r["pipeline"], r["reason"]) for r in rows]
 
     # -- strategy snapshots -------------------------------------------------------------------
     def save_state(self, run_id: str, generation: int, state: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ from petra_hw.search.types import Candidate, Evaluation
 
 if TYPE_CHECKING:
     from petra_hw.profiles import DeviceProfile
+    from petra_hw.search.guide import Guide
     from petra_hw.search.space import SearchSpace
     from petra_hw.search.strategy import Target
 
@@ -120,12 +121,18 @@ class TuneSettings:
     # Re-time the Original with the front, interleaved, after each generation and before the
     # report (petra_hw.search.remeasure)
     remeasure: bool = True
+    # Children certainly dominated on cheap objectives are screened, not trained, and a learned
+    # cost model picks one of ``mutants`` children per slot (``petra_hw.search.guide``); both
+    # off for an ablation.
+    screening: bool = True
+    cost_model: bool = True
+    mutants: int = 8
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"unknown mode '{self.mode}' (choose {', '.join(MODES)})")
-        if self.population < 1 or self.workers < 1:
-            raise UserError("--population and --workers must be at least 1")
+        if self.population < 1 or self.workers < 1 or self.mutants < 1:
+            raise UserError("--population, --workers and --mutants must be at least 1")
         object.__setattr__(self, "plugins", tuple(self.plugins))  # a JSON list after a resume
         object.__setattr__(self, "fidelity_rungs", check_rungs(self.fidelity_rungs))
         if self.stagnation is not None and self.stagnation < 1:
@@ -435,6 +442,7 @@ class _Session:
         self.hv: float | None = None
         self.original: Evaluation | None = None
         self.objectives: Objectives | None = None
+        self.guide: Guide | None = None
 
     # -- bookkeeping ------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -470,7 +478,36 @@ class _Session:
                 "seconds_saved": sum(e.timings_s.get("cache_saved_s", 0.0) for e in applied),
             },
             "sessions": [*self.sessions, {"started": self.started_at, "evaluated": self.evaluated}],
+            **self._guide_stats(),
         }
+
+    def _guide_stats(self) -> dict[str, Any]:
+        """Screened children per hour and the cost model's held-out accuracy."""
+        if self.guide is None:
+            return {"screening": {"enabled": False}, "cost_model": {"enabled": False}}
+        screened = len(self.store.screened(self.run_id))
+        return self.guide.summary(self.search_elapsed(), screened)
+
+    def _make_guide(self, strategy, objectives: Objectives, ctx: EvalContext) -> Guide | None:
+        """The guide a breeding strategy consults (None when both parts are off), its cost
+        model refitted from the journal, in journal order (a resumed run's included)."""
+        s = self.settings
+        if not (s.screening or s.cost_model) or not type(strategy).uses_guide:
+            return None
+        from petra_hw.search.costmodel import CostModel
+        from petra_hw.search.features import StructureProbe
+        from petra_hw.search.guide import Guide
+
+        guide = Guide(
+            StructureProbe.from_context(ctx),
+            objectives,
+            mutants=s.mutants,
+            screening=s.screening,
+            cost_model=CostModel(seed=s.seed) if s.cost_model else None,
+            record=lambda c, reason: self.store.add_screened(self.run_id, c, reason),
+        )
+        guide.observe(self.journal.values())
+        return guide
 
     def _best(self) -> Evaluation | None:
         ok = [
@@ -736,6 +773,7 @@ class _Session:
         snapshot = self.store.load_state(self.run_id)
         if snapshot is not None:
             strategy.load_state_dict(snapshot[1])
+        self.guide = strategy.guide = self._make_guide(strategy, objectives, executor.context)
         self.generation = strategy.generation
         self.hv = strategy.hv_history[-1] if strategy.hv_history else None
         stopper = Stopper(
@@ -769,6 +807,8 @@ class _Session:
             except _BudgetStop as stop:
                 reason = str(stop)
                 break
+            if self.guide is not None:
+                self.guide.observe(last)
             strategy.tell(last)
             self.generation = strategy.generation
             self.hv = strategy.hv_history[-1] if strategy.hv_history else None
