@@ -61,7 +61,8 @@ class Guide:
         self.screening = screening
         self.cost_model = cost_model
         self.record = record
-        self.points: dict[str, tuple[Evaluation, Structure]] = {}
+        self.points: dict[str, tuple[Evaluation, Structure]] = {}  # full fidelity: may screen
+        self.learned: set[str] = set()  # every evaluation the cost model has (any fidelity)
         self.n_screened = 0
 
     # -- what was measured --------------------------------------------------------------------
@@ -69,12 +70,14 @@ class Guide:
         """Learn from measured evaluations (references and failures are skipped)."""
         for ev in evaluations:
             cid = ev.candidate.id
-            if ev.candidate.reference or not ev.ok or cid in self.points:
+            if ev.candidate.reference or not ev.ok or cid in self.learned:
                 continue
             s = self.probe.structure(ev.candidate.pipeline)
             if s is None:
                 continue
-            self.points[cid] = (ev, s)
+            self.learned.add(cid)
+            if ev.full_fidelity:  # a reduced rung's quality screens nothing; its timing is real
+                self.points[cid] = (ev, s)
             if self.cost_model is not None:
                 targets = tuple(ev.objectives.get(t, math.nan) for t in TARGETS)
                 self.cost_model.add(Measurement(cid, s.features, targets))
