@@ -96,8 +96,11 @@ class PrefixCache:
         roles: tuple[str, ...],
         channel_multiple: int,
         seed: int,
+        fidelity: float = 1.0,
     ) -> str:
         fields = [suite, state_hash, prefix.hash, list(roles), channel_multiple, seed, __version__]
+        if fidelity < 1.0:  # a reduced-fidelity model is another model (full keys unchanged)
+            fields.append(fidelity)
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:32]
 
     def path(self, key: str) -> Path:
@@ -208,19 +211,35 @@ def keyed_prefix(canon: Pipeline, k: int) -> Pipeline:
 
 
 def prefix_keys(
-    canon: Pipeline, suite: str, state_hash: str, channel_multiple: int, seed: int
+    canon: Pipeline,
+    suite: str,
+    state_hash: str,
+    channel_multiple: int,
+    seed: int,
+    fidelity: float = 1.0,
 ) -> list[str | None]:
     """The cache key of each prefix of the canonical pipeline ``canon`` (index k-1: the first k
-    steps); None where the model after that prefix is not cached (deferred or fake-quantized)."""
+    steps); None where the model after that prefix is not cached (deferred or fake-quantized).
+    A reduced ``fidelity`` keys only the prefixes that train: the others are the same model."""
     roles = step_roles(canon)
-    return [
-        None
-        if roles[k - 1] in (DEFERRED, FAKE_QUANT)
-        else PrefixCache.key(
-            suite, state_hash, keyed_prefix(canon, k), roles[:k], channel_multiple, seed
+    keys: list[str | None] = []
+    trained = False
+    for k in range(1, len(canon) + 1):
+        trained = trained or canon.steps[k - 1].spec.trains
+        keys.append(
+            None
+            if roles[k - 1] in (DEFERRED, FAKE_QUANT)
+            else PrefixCache.key(
+                suite,
+                state_hash,
+                keyed_prefix(canon, k),
+                roles[:k],
+                channel_multiple,
+                seed,
+                fidelity if trained else 1.0,
+            )
         )
-        for k in range(1, len(canon) + 1)
-    ]
+    return keys
 
 
 def shared_prefix(parent: Pipeline, child: Pipeline) -> int:
@@ -241,22 +260,31 @@ def apply(
     cache: PrefixCache | None = None,
     epoch_callback: Callable[[int, float], None] | None = None,
     stop_on_noop: bool = False,
+    fidelity: float = 1.0,
 ) -> AppliedModel:
     """Run ``pipeline`` on a copy of ``baseline.model``; step errors propagate to the caller.
 
     ``stop_on_noop`` (the search): raise ``NoOpStep`` at the first step that changed nothing,
-    before anything after it runs or the no-op prefix is cached."""
+    before anything after it runs or the no-op prefix is cached.  ``fidelity`` < 1 trains each
+    training step on that share of every epoch."""
     suite = suite or baseline.suite
     canon = canonicalize(pipeline)
     roles = step_roles(canon)
     n = len(canon)
     effects: list[StepEffect] = []
     ctx = StepContext(
-        suite, baseline.splits, canon, channel_multiple, seed, epoch_callback, report=effects.append
+        suite,
+        baseline.splits,
+        canon,
+        channel_multiple,
+        seed,
+        epoch_callback,
+        report=effects.append,
+        fidelity=fidelity,
     )
     keys: list[str | None] = []
     if cache is not None:
-        keys = prefix_keys(canon, suite.name, baseline.state_hash, channel_multiple, seed)
+        keys = prefix_keys(canon, suite.name, baseline.state_hash, channel_multiple, seed, fidelity)
     start, saved, model = 0, 0.0, None
     if cache is not None and n:
         hit = cache.lookup(keys, suite.build_model)

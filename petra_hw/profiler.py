@@ -6,7 +6,9 @@ raw samples are kept.  Latency (batch 1) and throughput (each profile batch size
 measurements, each on real inputs: the calib rows an artifact stores at compile time
 (``TIMING_INPUTS``), tiled to the batch size, so models whose input carries indices, lengths or
 masks run the code path they run in deployment (noise would index out of range or take every
-sequence as empty).  Measurements never overlap: a machine-wide file lock serialises them across
+sequence as empty).  To repeat across processes, ``measure`` pins the process's threads to fixed
+cores, gives batch 1 a longer minimum time, and times each batch size in several loops whose p50s'
+median is reported (``time_repeats``).  Measurements never overlap: a machine-wide file lock serialises them across
 processes (local workers, Ray workers on the same host).  CPU load and steal are read from
 /proc/stat around each measurement; a noisy one is repeated, and flagged if it stays noisy.
 On GPU profiles with ``nvml = true`` an NVML window spans each timed loop (not its warm-up) and
@@ -57,15 +59,23 @@ class LatencyStats:
     min_ms: float
     cv: float
     throughput_ips: float
+    iqr_ms: float = 0.0  # p75 - p25 of the raw samples: the noise band dominance respects
+    repeat_p50_ms: tuple[float, ...] = ()  # p50 of each timed loop (p50_ms is their median)
 
     @staticmethod
-    def from_samples(batch_size: int, samples_ns: list[int]) -> LatencyStats:
+    def from_samples(
+        batch_size: int, samples_ns: list[int], repeat_p50_ms: tuple[float, ...] = ()
+    ) -> LatencyStats:
+        """Summary of ``samples_ns``; with ``repeat_p50_ms`` (the loops' own p50s) the reported
+        p50 is their median, which one disturbed loop cannot move."""
         if not samples_ns:
             raise ValueError("no timing samples")
         ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
         mean = float(ms.mean())
         stdev = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
-        p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
+        p25, p50, p75, p90, p99 = (float(np.percentile(ms, q)) for q in (25, 50, 75, 90, 99))
+        if repeat_p50_ms:
+            p50 = float(np.median(repeat_p50_ms))
         return LatencyStats(
             batch_size=batch_size,
             samples_ms=tuple(float(v) for v in ms),
@@ -77,6 +87,8 @@ class LatencyStats:
             min_ms=float(ms.min()),
             cv=stdev / mean if mean > 0 else 0.0,
             throughput_ips=batch_size / (p50 / 1e3) if p50 > 0 else float("inf"),
+            iqr_ms=p75 - p25,
+            repeat_p50_ms=tuple(float(v) for v in repeat_p50_ms),
         )
 
     def summary(self) -> dict:
@@ -138,7 +150,13 @@ class Measurement:
     @staticmethod
     def from_json(d: dict) -> Measurement:
         def stats(s: dict) -> LatencyStats:
-            return LatencyStats(**{**s, "samples_ms": tuple(s.get("samples_ms", ()))})
+            return LatencyStats(
+                **{
+                    **s,
+                    "samples_ms": tuple(s.get("samples_ms", ())),
+                    "repeat_p50_ms": tuple(s.get("repeat_p50_ms", ())),
+                }
+            )
 
         return Measurement(
             backend=d["backend"],
@@ -227,25 +245,99 @@ def time_batches(
     ``window`` (the NVML sampler on GPUs) is entered after the warm-up and left after the last
     synchronised iteration, so what it records belongs to the timed calls only.
     """
-    for _ in range(settings.warmup_iters):
+    _warm_up(runner, x, settings.warmup_iters)
+    with window or contextlib.nullcontext():
+        return _timed_loop(
+            runner, x, settings.min_iters, settings.min_time_s, settings.max_time_s, clock
+        )
+
+
+def _warm_up(runner, x: np.ndarray, iters: int) -> None:
+    for _ in range(iters):
         runner(x)
     runner.synchronize()
+
+
+def _timed_loop(
+    runner, x: np.ndarray, min_iters: int, min_time_s: float, max_time_s: float, clock: Clock
+) -> list[int]:
+    """Time ``runner(x)`` until ``min_iters`` and ``min_time_s`` are both reached (or
+    ``max_time_s`` has passed); raw nanoseconds per iteration."""
     samples: list[int] = []
-    min_ns, max_ns = settings.min_time_s * 1e9, settings.max_time_s * 1e9
-    with window or contextlib.nullcontext():
-        start = clock()
-        while True:
-            t0 = clock()
-            runner(x)
-            runner.synchronize()
-            t1 = clock()
-            samples.append(t1 - t0)
-            elapsed = t1 - start
-            if len(samples) >= settings.min_iters and elapsed >= min_ns:
-                break
-            if (elapsed >= max_ns and len(samples) >= 3) or len(samples) >= MAX_SAMPLES:
-                break
+    min_ns, max_ns = min_time_s * 1e9, max_time_s * 1e9
+    start = clock()
+    while True:
+        t0 = clock()
+        runner(x)
+        runner.synchronize()
+        t1 = clock()
+        samples.append(t1 - t0)
+        elapsed = t1 - start
+        if len(samples) >= min_iters and elapsed >= min_ns:
+            break
+        if (elapsed >= max_ns and len(samples) >= 3) or len(samples) >= MAX_SAMPLES:
+            break
     return samples
+
+
+def time_repeats(
+    runner,
+    x: np.ndarray,
+    settings: MeasureSettings,
+    clock: Clock = time.perf_counter_ns,
+    window: contextlib.AbstractContextManager | None = None,
+) -> LatencyStats:
+    """``time_batches`` made repeatable: one warm-up, then ``settings.repeats`` timed loops that
+    share the minimum count and time (batch 1 gets ``latency_time_factor`` x the time: its
+    samples are the shortest and the most disturbed by a neighbour); every raw sample is kept
+    and the reported p50 is the median of the loops' p50s."""
+    batch = int(x.shape[0]) if x.ndim else 1
+    repeats = max(1, settings.repeats)
+    factor = settings.latency_time_factor if batch == 1 else 1.0
+    min_iters = max(1, -(-settings.min_iters // repeats))
+    min_time_s = settings.min_time_s * factor / repeats
+    max_time_s = settings.max_time_s * factor / repeats
+    _warm_up(runner, x, settings.warmup_iters)
+    samples: list[int] = []
+    p50s: list[float] = []
+    with window or contextlib.nullcontext():
+        for _ in range(repeats):
+            loop = _timed_loop(runner, x, min_iters, min_time_s, max_time_s, clock)
+            samples.extend(loop)
+            p50s.append(float(np.median(loop)) / 1e6)
+    return LatencyStats.from_samples(batch, samples, tuple(p50s))
+
+
+@contextlib.contextmanager
+def pinned(threads: int) -> Iterator[None]:
+    """Pin every thread of this process (the runtime's pool included) to the same ``threads``
+    cores, the first ones this process may use, while timing; restored afterwards.  Threads
+    that migrate between cores mid-measurement are one source of the spread between fresh
+    processes.  A no-op off Linux or with ``threads`` 0."""
+    if threads <= 0 or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    tasks = Path("/proc/self/task")
+
+    def tids() -> list[int]:
+        return [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else []
+
+    original = os.sched_getaffinity(0)
+    allowed = sorted(original)
+    cores = set(allowed[: min(threads, len(allowed))])
+    saved: dict[int, set[int]] = {}
+    for tid in tids():
+        with contextlib.suppress(OSError):
+            saved[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cores)
+    try:
+        yield
+    finally:
+        # threads the runtime started while pinned inherited the pin: they get the process's
+        # mask back too (an OpenMP pool left on one core would crawl through later training)
+        for tid in tids():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, saved.get(tid, original))
 
 
 def _noisy(stats: list[LatencyStats], loads: list[HostLoad], settings: MeasureSettings) -> bool:
@@ -277,7 +369,8 @@ def measure(
     nvml = profile.is_gpu and profile.nvml
     while True:
         stats, loads, gpu = [], [], {}
-        with exclusive():
+        pin = profile.effective_threads() if settings.pin_threads and not profile.is_gpu else 0
+        with exclusive(), pinned(pin):
             for b in batches:
                 if inputs is not None:
                     x = tiled(inputs, b)
@@ -285,10 +378,10 @@ def measure(
                     x = rng.standard_normal((b, *input_shape)).astype(np.float32)
                 sampler = NvmlSampler() if nvml else None
                 with watch_load(loads):
-                    samples = time_batches(runner, x, settings, clock, window=sampler)
-                stats.append(LatencyStats.from_samples(b, samples))
+                    timed = time_repeats(runner, x, settings, clock, window=sampler)
+                stats.append(timed)
                 if sampler is not None and sampler.available:
-                    gpu = _gpu_record(gpu, sampler, b, len(samples))
+                    gpu = _gpu_record(gpu, sampler, b, len(timed.samples_ms))
         noisy = _noisy(stats, loads, settings)
         if not noisy or repeats >= settings.repeats_if_noisy:
             break

@@ -32,6 +32,12 @@ class MeasureSettings:
     max_cv: float = 0.25
     repeats_if_noisy: int = 2
     fresh_process: bool = False
+    # Repeatability (petra_hw.profiler.time_repeats): each batch size is timed in ``repeats``
+    # loops whose p50s' median is reported; batch 1 gets ``latency_time_factor`` x the minimum
+    # time; ``pin_threads`` pins the process's threads to fixed cores while timing.
+    repeats: int = 3
+    latency_time_factor: float = 2.0
+    pin_threads: bool = True
 
 
 @dataclass(frozen=True)

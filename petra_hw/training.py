@@ -132,15 +132,18 @@ def train(
     schedule: str = "cosine",
     epoch_callback: Callable[[int, float], None] | None = None,
     augment: Augment | None = None,
+    fraction: float = 1.0,
 ) -> TrainResult:
     """Train ``model`` in place on ``data``.
 
     ``extra_loss(model)`` adds a regularizer (Reg); ``monitor`` is the early-stopping split (a
     slice of train or calib); ``epoch_callback(epoch, monitor_loss)`` may raise ``TrainingError``
     to cut a hopeless candidate after its first epoch; ``augment(x, generator)`` transforms each
-    training batch (the suite's baseline augmentation; seeded by ``seed`` like the order).
+    training batch (the suite's baseline augmentation; seeded by ``seed`` like the order);
     ``patience=None`` trains the whole schedule and keeps the final weights (the monitor is
     still reported): a cosine schedule's low-rate tail is where a converged model gains most.
+    ``fraction`` < 1 runs each epoch over only that share of its shuffled batches (a reduced
+    fidelity of multi-fidelity search: the schedule and the epoch-1 cut keep their meaning).
     """
     import time
 
@@ -149,7 +152,8 @@ def train(
     loss_fn = make_loss(loss, default_loss)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(optimizer, params, lr, weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(data) / batch_size))
+    steps_per_epoch = max(1, math.ceil(len(data) * min(1.0, fraction) / batch_size))
+    seen = min(len(data), steps_per_epoch * batch_size)  # samples each epoch trains on
     sched = (
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
         if schedule == "cosine"
@@ -162,8 +166,8 @@ def train(
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(data), generator=gen)
-        for i in range(0, len(data), batch_size):
-            idx = order[i : i + batch_size]
+        for i in range(0, seen, batch_size):
+            idx = order[i : min(i + batch_size, seen)]
             if len(idx) < 2 and len(data) > 1:
                 continue  # BatchNorm cannot train on a batch of one
             x, y = data.x[idx], data.y[idx]

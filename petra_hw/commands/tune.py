@@ -61,6 +61,15 @@ def _space_file(text: str) -> dict[str, Any]:
     return spec
 
 
+def _rungs(text: str) -> tuple[float, ...]:
+    from petra_hw.search.fidelity import parse_rungs
+
+    try:
+        return parse_rungs(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="search compression pipelines measured on the device (default)")
     p.add_argument("--suite", default="digits", help="bundled suite name or path to a suite.py")
@@ -140,7 +149,44 @@ def add_parser(sub) -> None:
         action="store_false",
         help="skip the one-shot peers and the training control (comparison runs)",
     )
+    p.add_argument(
+        "--no-screening",
+        dest="screening",
+        action="store_false",
+        help="evaluate every child, even one certainly dominated on MACs and size (ablation)",
+    )
+    p.add_argument(
+        "--no-cost-model",
+        dest="cost_model",
+        action="store_false",
+        help="plain mutation: no learned cost model choosing among --mutants children (ablation)",
+    )
+    p.add_argument(
+        "--mutants",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="children drawn per slot, the cost model's best evaluated (default 8)",
+    )
     p.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained")
+    p.add_argument(
+        "--no-remeasure",
+        dest="remeasure",
+        action="store_false",
+        default=None,
+        help="skip re-timing the Original with the front, interleaved, after each generation "
+        "and before the report",
+    )
+    p.add_argument(
+        "--fidelity",
+        dest="fidelity_rungs",
+        type=_rungs,
+        default=None,
+        metavar="RUNGS",
+        help="successive-halving rungs: shares of the training epochs a candidate that trains "
+        "runs at first, promoted to full epochs only if that point enters the front "
+        "(default 0.34; e.g. 0.2,0.5; 'off' for full fidelity only)",
+    )
     p.add_argument(
         "--space",
         type=_space_file,
@@ -183,6 +229,8 @@ def _line(p) -> str:
         f"reference {ev.candidate.reference}" if ev.candidate.reference else ev.candidate.pipeline
     )
     head = f"[{'journal' if p.reused else p.evaluations}] {what}"
+    if not ev.full_fidelity:
+        head += f" [dim](fidelity {ev.fidelity:g})[/]"
     if not ev.ok:
         return f"[red]✗[/] {head}: {ev.error_kind}: {ev.error}"
     o, ref = ev.objectives, (p.original.objectives if p.original else {})
@@ -216,6 +264,7 @@ def _name(ev) -> str:
 
 
 def _summary(result) -> None:
+    from petra_hw.report.markdown import guide_line
     from petra_hw.value import compare, quality_budget, undertrained, within_budget
 
     o = result.original
@@ -277,8 +326,21 @@ def _summary(result) -> None:
     stats = result.stats
     cache = stats.get("prefix_cache", {})
     errors_by_kind = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("errors", {}).items()))
+    fid = stats.get("fidelity", {})
+    low = (
+        f" + {fid['low_fidelity']} at reduced fidelity ({fid['promoted']} promoted)"
+        if fid.get("low_fidelity")
+        else ""
+    )
+    final = stats.get("remeasured_final") or {}
+    for row in final.get("front", {}).values():
+        console.print(
+            f"  interleaved re-measure: {row['pipeline']} at {row['latency_ratio']:.2f}x the "
+            f"Original's batch-1 latency (journaled {row['journaled_ratio']:.2f}x)"
+        )
+    console.print(guide_line(stats))
     console.print(
-        f"{len(result.evaluations)} evaluations ({errors_by_kind or 'no errors'}); "
+        f"{len(result.evaluations)} evaluations{low} ({errors_by_kind or 'no errors'}); "
         f"stopped: {result.stop_reason}; prefix cache: {cache.get('hits', 0)}/"
         f"{cache.get('applied', 0)} hits, {cache.get('seconds_saved', 0.0):.1f} s saved"
     )

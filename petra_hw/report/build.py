@@ -21,6 +21,7 @@ import numpy as np
 from petra_hw import __version__
 from petra_hw.errors import UserError
 from petra_hw.references import get_recipe
+from petra_hw.search.budget import BUDGET
 from petra_hw.search.objectives import Objectives
 from petra_hw.search.selection import pareto_front
 from petra_hw.search.store import JOURNAL_NAME, Store
@@ -210,7 +211,11 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
         if not records:
             raise UserError(f"{journal} holds no run")
         record = records[-1]
-        evaluations = store.evaluations(record.id)
+        # full-fidelity rows only: a reduced rung of multi-fidelity search or a candidate the
+        # time budget stopped is no result (the run's stats count them)
+        evaluations = [
+            e for e in store.evaluations(record.id) if e.full_fidelity and e.error_kind != BUDGET
+        ]
         references = store.references(record.id)
         hv = store.hypervolume(record.id)
     settings = record.settings

@@ -24,6 +24,32 @@ def table_markdown(t: PaperTable) -> str:
     return "\n".join(lines)
 
 
+def guide_line(stats: dict[str, Any]) -> str:
+    """Screening and cost model in one line (see petra_hw.search.guide)."""
+    sc, cm = stats.get("screening", {}), stats.get("cost_model", {})
+    screening = (
+        f"screened {sc.get('screened', 0)} ({sc.get('screened_per_hour', 0.0):.1f}/h)"
+        if sc.get("enabled")
+        else "screening off"
+    )
+    if not cm.get("enabled"):
+        return f"{screening}; cost model off"
+    if not cm.get("heldout_latency_ms"):
+        return f"{screening}; cost model: {cm.get('n_train', 0)} measurements, no held-out yet"
+
+    def fig(key: str, fmt: str) -> str:
+        v = cm.get(key)
+        return "-" if v is None else format(v, fmt)
+
+    return (
+        f"{screening}; cost model on {cm['heldout_latency_ms']} held-out measurements: "
+        f"latency Spearman {fig('spearman_latency_ms', '.2f')}, "
+        f"mean rel. error {fig('mre_latency_ms', '.1%')}; throughput Spearman "
+        f"{fig('spearman_throughput_ips', '.2f')}, mean rel. error "
+        f"{fig('mre_throughput_ips', '.1%')}"
+    )
+
+
 def _run_section(run: dict[str, Any]) -> list[str]:
     s, env, stats = run["settings"], run["environment"], run["stats"]
     hv = run["hypervolume"]
@@ -40,6 +66,7 @@ def _run_section(run: dict[str, Any]) -> list[str]:
         f"- final hypervolume: {hv[-1]['value']:.4g} after {hv[-1]['evaluations']} evaluations"
         if hv
         else "- hypervolume: not recorded",
+        f"- {guide_line(stats)}",
         f"- host: {env.get('cpu_model', '?')}, {env.get('cores', '?')} cores, "
         f"{', '.join(g.get('name', '?') for g in env.get('gpus', [])) or 'no GPU'}; "
         f"python {env.get('python', '?')}; git {run['git_commit']}",

@@ -425,6 +425,7 @@ def evaluate_candidate(candidate: Candidate, context: EvalContext) -> Evaluation
         precision=str(state.get("precision", "")),
         backend=str(state.get("backend", "")),
         cache_hit_steps=int(state.get("cache_hits", 0)),
+        fidelity=candidate.fidelity,
     )
 
 
@@ -474,6 +475,7 @@ def _evaluate(
                     cache=_prefix_cache(env, ctx, fault),
                     epoch_callback=_cut_callback(env, ctx.cut, pipeline),
                     stop_on_noop=True,
+                    fidelity=candidate.fidelity,
                 )
             except NoOpStep as exc:  # the shorter pipeline again: not compiled, not timed
                 raise _Failed(NO_OP, str(exc)) from None
@@ -531,6 +533,7 @@ def _evaluate(
         timings_s=timings,
         cache_hit_steps=applied.cache_hit,
         step_notes=applied.notes,
+        fidelity=candidate.fidelity,
     )
     return replace(ev, feasible=feasible(ev, ctx.objectives, ctx.original))
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
+from petra_hw.search.budget import BUDGET, NOT_STARTED, BudgetGate
 from petra_hw.search.evaluator import INFRA, EvalContext, evaluate_candidate
 from petra_hw.search.types import Candidate, Evaluation
 
@@ -47,6 +48,9 @@ _MACHINE_SIGNALS = {-signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT}
 
 class Executor(Protocol):
     context: EvalContext
+    # Set by tune when the run has a time budget: candidates it refuses are not started and
+    # running ones are stopped at its deadline, both as ``budget`` evaluations.
+    budget: BudgetGate | None
 
     def submit(self, candidates: Iterable[Candidate]) -> Iterator[Evaluation]: ...
 
@@ -57,7 +61,14 @@ def failed(
     candidate: Candidate, kind: str, message: str, elapsed_s: float | None = None
 ) -> Evaluation:
     timings = {"total_s": elapsed_s} if elapsed_s is not None else {}
-    return Evaluation(candidate, error=message, error_kind=kind, feasible=False, timings_s=timings)
+    return Evaluation(
+        candidate,
+        error=message,
+        error_kind=kind,
+        feasible=False,
+        timings_s=timings,
+        fidelity=candidate.fidelity,
+    )
 
 
 def _exit_reason(exitcode: int | None) -> str:
@@ -154,6 +165,7 @@ class LocalExecutor:
             context, train_threads=context.train_threads or max(1, cores // workers)
         )
         self.timeout_s = timeout_s
+        self.budget: BudgetGate | None = None
         self._mp = mp.get_context(start_method)
         self._workers = [self._spawn() for _ in range(workers)]
 
@@ -166,14 +178,19 @@ class LocalExecutor:
         child.close()
         return _Worker(process, parent)
 
-    def _replace(self, worker: _Worker) -> _Worker:
-        """Kill a worker (and its process group) and put a fresh one in its place."""
+    def _kill(self, worker: _Worker) -> None:
+        """Kill a worker and its process group; a later task starts a fresh one in its place."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(worker.process.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             worker.process.kill()
         worker.process.join(timeout=10)
         worker.conn.close()
+        worker.task = None
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        """Kill a worker (and its process group) and put a fresh one in its place."""
+        self._kill(worker)
         fresh = self._spawn()
         self._workers[self._workers.index(worker)] = fresh
         return fresh
@@ -182,13 +199,22 @@ class LocalExecutor:
         pending = deque(candidates)
         while pending or any(w.task is not None for w in self._workers):
             for w in list(self._workers):
-                if w.task is None and pending:
+                while w.task is None and pending:
+                    task = pending.popleft()
+                    why = self.budget and self.budget.refusal(task, time.monotonic())
+                    if why:
+                        yield failed(task, BUDGET, NOT_STARTED + why, 0.0)
+                        continue
                     if not w.process.is_alive():
                         w = self._replace(w)
-                    w.start(pending.popleft())
+                    w.start(task)
                     w.conn.send((w.task, self.context))
             busy = [w for w in self._workers if w.task is not None]
+            if not busy:
+                continue
             deadline = min(w.deadline(self.timeout_s) for w in busy)
+            if self.budget is not None:
+                deadline = min(deadline, self.budget.deadline)
             waitables = [o for w in busy for o in (w.conn, w.process.sentinel)]
             ready = set(wait(waitables, timeout=max(0.0, deadline - time.monotonic())))
             for w in busy:
@@ -222,6 +248,10 @@ class LocalExecutor:
             # SIGTERM/SIGHUP/SIGINT come from the machine or its operator, not the candidate
             kind = INFRA if dead.exitcode in _MACHINE_SIGNALS else "crash"
             return failed(candidate, kind, f"worker died: {reason}", elapsed)
+        if self.budget is not None and now >= self.budget.deadline:
+            log.info("candidate %s stopped at the time budget", candidate.id)
+            self._kill(w)  # no fresh worker: nothing starts after the deadline
+            return failed(candidate, BUDGET, self.budget.stopped(elapsed), elapsed)
         if w.waiting_since is not None and now - w.waiting_since >= LOCK_WAIT_LIMIT_S:
             self._replace(w)
             message = f"waited {LOCK_WAIT_LIMIT_S:g} s for the machine-wide lock"
@@ -311,6 +341,7 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         self.context = context
         self.timeout_s = timeout_s
+        self.budget: BudgetGate | None = None
         profile = load_profile(context.profile)
         cluster = ray.cluster_resources()
         options: dict[str, Any] = {"max_retries": 0, "num_cpus": 1}
@@ -343,9 +374,17 @@ class RayExecutor:
         while pending or running:
             while pending and len(running) < self.max_in_flight:
                 c = pending.popleft()
+                why = self.budget and self.budget.refusal(c, time.monotonic())
+                if why:
+                    yield failed(c, BUDGET, NOT_STARTED + why, 0.0)
+                    continue
                 ref = self._remote.remote(c, self.context, self._weights, self.timeout_s)
                 running[ref] = (c, time.monotonic())
+            if not running:
+                continue
             deadline = min(t for _, t in running.values()) + self._outer_timeout_s
+            if self.budget is not None:
+                deadline = min(deadline, self.budget.deadline)
             ready, _ = ray.wait(
                 list(running), num_returns=1, timeout=max(0.0, deadline - time.monotonic())
             )
@@ -354,7 +393,11 @@ class RayExecutor:
                 yield self._result(ref, c, time.monotonic() - started)
             now = time.monotonic()
             for ref, (c, started) in list(running.items()):
-                if now - started >= self._outer_timeout_s:
+                if self.budget is not None and now >= self.budget.deadline:
+                    ray.cancel(ref, force=True)
+                    del running[ref]
+                    yield failed(c, BUDGET, self.budget.stopped(now - started), now - started)
+                elif now - started >= self._outer_timeout_s:
                     ray.cancel(ref, force=True)
                     del running[ref]
                     yield failed(

@@ -11,8 +11,9 @@ hypervolume make sense across suites and devices:
 - ``complexity``: steps (or whatever the evaluator reports as ``complexity``) / ``complexity_scale``.
 
 Hardware constraints become a violation amount (0 = feasible) for Deb's constrained domination.
-An evaluation with ``error`` set, or without a finite value for an active objective, is *failed*:
-it ranks after every infeasible one.
+An evaluation with ``error`` set, without a finite value for an active objective, or at a reduced
+fidelity (``petra_hw.search.fidelity``: its training was cut short, so it is no point of any
+front) is *failed*: it ranks after every infeasible one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from petra_hw.search.noise import band
 from petra_hw.search.types import OBJECTIVE_DIRECTIONS, Evaluation
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,14 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class ObjectiveMatrix:
-    """Rows = evaluations.  ``F`` is normalized and minimized (``inf`` rows for failed ones)."""
+    """Rows = evaluations.  ``F`` is normalized and minimized (``inf`` rows for failed ones);
+    ``B`` holds each value's noise half-width (``petra_hw.search.noise``; None: exact)."""
 
     names: tuple[str, ...]
     F: np.ndarray
     cv: np.ndarray
     failed: np.ndarray
+    B: np.ndarray | None = None
 
     @property
     def feasible(self) -> np.ndarray:
@@ -148,18 +152,21 @@ class Objectives:
         names = tuple(names) if names is not None else self.active_names(evaluations)
         n, m = len(evaluations), len(names)
         F = np.full((n, m), np.inf)
+        B = np.zeros((n, m))
         cv = np.zeros(n)
         failed = np.zeros(n, dtype=bool)
         for i, ev in enumerate(evaluations):
-            row = [self.normalized(ev, name) for name in names] if ev.ok else []
-            v = self.violation(ev) if ev.ok else math.inf
-            if not ev.ok or not all(math.isfinite(x) for x in row) or not math.isfinite(v):
+            usable = ev.ok and ev.full_fidelity
+            row = [self.normalized(ev, name) for name in names] if usable else []
+            v = self.violation(ev) if usable else math.inf
+            if not usable or not all(math.isfinite(x) for x in row) or not math.isfinite(v):
                 failed[i] = True
                 cv[i] = math.inf
                 continue
             F[i] = row
+            B[i] = [band(ev, name, x) for name, x in zip(names, row, strict=True)]
             cv[i] = v
-        return ObjectiveMatrix(names, F, cv, failed)
+        return ObjectiveMatrix(names, F, cv, failed, B)
 
     def reference_point(self, names: Sequence[str] | None = None) -> np.ndarray:
         """A fixed point: 10% beyond the worst *allowed* value of each normalized objective.

@@ -2,9 +2,10 @@
 
 Order of merit (Deb's constrained domination, with failures last):
 
-1. feasible evaluations, by non-dominated front of the normalized objectives; a later evaluation
-   with exactly the objectives of an earlier one (a neutral mutation) is ranked after all distinct
-   feasible ones, so twins do not crowd the population;
+1. feasible evaluations, by non-dominated front of the normalized objectives, where a point
+   dominates only by more than the measurement noise of both (``petra_hw.search.noise``); a
+   later evaluation with exactly the objectives of an earlier one (a neutral mutation) is ranked
+   after all distinct feasible ones, so twins do not crowd the population;
 2. infeasible ones, by constraint violation (equal violation = same front);
 3. failed ones (``error`` set, or no finite objectives).
 
@@ -24,6 +25,7 @@ import numpy as np
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from petra_hw.search.noise import noisy_fronts
 from petra_hw.search.objectives import ObjectiveMatrix, Objectives
 from petra_hw.search.types import Evaluation
 
@@ -36,7 +38,11 @@ def constrained_fronts(m: ObjectiveMatrix) -> list[np.ndarray]:
     unique = np.zeros(len(feasible), dtype=bool)
     unique[first] = True
     for group in (feasible[unique], feasible[~unique]):  # objective-space twins after the rest
-        if len(group):
+        if not len(group):
+            continue
+        if m.B is not None and np.any(m.B[group] > 0):  # dominance beyond measurement noise
+            fronts.extend(group[f] for f in noisy_fronts(m.F[group], m.B[group]))
+        else:
             fronts.extend(group[np.asarray(f)] for f in NonDominatedSorting().do(m.F[group]))
     infeasible = np.flatnonzero(~m.failed & ~m.feasible)
     for v in np.unique(m.cv[infeasible]):

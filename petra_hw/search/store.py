@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 
 from petra_hw.errors import DiskFull, UserError
 from petra_hw.fsutil import disk_full
-from petra_hw.search.types import Evaluation
+from petra_hw.search.types import Candidate, Evaluation
 
-SCHEMA_VERSION = 2  # 2: the references table
+SCHEMA_VERSION = 3  # 2: the references table; 3: evaluations.fidelity
 T = TypeVar("T")
 JOURNAL_NAME = "journal.sqlite"
 
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     latency_ms REAL,
     throughput_ips REAL,
     size_bytes REAL,
+    fidelity REAL NOT NULL DEFAULT 1.0,
     objectives TEXT NOT NULL,
     data TEXT NOT NULL,
     created REAL NOT NULL,
@@ -82,6 +83,15 @@ CREATE TABLE IF NOT EXISTS strategy_states (
     created REAL NOT NULL,
     PRIMARY KEY (run_id, generation)
 );
+CREATE TABLE IF NOT EXISTS screened (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    candidate_id TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, candidate_id)
+);
 CREATE TABLE IF NOT EXISTS hypervolume (
     run_id TEXT NOT NULL REFERENCES runs(id),
     evaluations INTEGER NOT NULL,
@@ -94,6 +104,13 @@ CREATE TABLE IF NOT EXISTS hypervolume (
 """
 
 _INDEXED = ("quality_val", "latency_ms", "throughput_ips", "size_bytes")
+# Schema version -> statements that bring a journal of the previous version up to it.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    3: ("ALTER TABLE evaluations ADD COLUMN fidelity REAL NOT NULL DEFAULT 1.0",),
+}
+# Entries that say nothing about the candidate (the environment failed, or the time budget
+# stopped it): a resumed run's retry replaces them.
+RETRIED_KINDS = ("infra", "budget")
 
 
 @dataclass(frozen=True)
@@ -171,8 +188,20 @@ class Store:
                     f"{SCHEMA_VERSION}"
                 )
             # executescript commits any open transaction first, so the script carries its own.
+            # A journal of an older schema (tables there, user_version lower) is migrated in the
+            # same transaction; a new file (no tables yet) gets the current schema directly.
+            had_tables = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name='evaluations'"
+            ).fetchone()
+            steps = [
+                sql
+                for v in range(version + 1, SCHEMA_VERSION + 1)
+                for sql in _MIGRATIONS.get(v, ())
+                if had_tables
+            ]
+            migrate = "".join(f"{sql};" for sql in steps)
             self._conn.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+                f"BEGIN IMMEDIATE;{_SCHEMA}{migrate}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
 
     @contextmanager
@@ -302,24 +331,25 @@ class Store:
         """Journal one finished evaluation (committed and fsynced before returning).
 
         Returns False, writing nothing, when this candidate is already journaled for the run,
-        unless that entry is an ``infra`` failure (the environment's, not the candidate's): a
-        resumed run's retry replaces it.
+        unless that entry says nothing about the candidate (``RETRIED_KINDS``: an ``infra``
+        failure, or a run stopped by its time budget): a resumed run's retry replaces it.
         """
         data = ev.to_json()
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO evaluations (run_id, seq, candidate_id, generation, pipeline, error,"
                 " error_kind, feasible, quality_val, latency_ms, throughput_ips, size_bytes,"
-                " objectives, data, created)"
-                " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?,?,?,?,?,?,?,?,?,?,?,?,?"
+                " fidelity, objectives, data, created)"
+                " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?,?,?,?,?,?,?,?,?,?,?,?,?,?"
                 " FROM evaluations WHERE run_id=?"
                 " ON CONFLICT (run_id, candidate_id) DO UPDATE SET"
                 " generation=excluded.generation, error=excluded.error,"
                 " error_kind=excluded.error_kind, feasible=excluded.feasible,"
                 " quality_val=excluded.quality_val, latency_ms=excluded.latency_ms,"
                 " throughput_ips=excluded.throughput_ips, size_bytes=excluded.size_bytes,"
+                " fidelity=excluded.fidelity,"
                 " objectives=excluded.objectives, data=excluded.data, created=excluded.created"
-                " WHERE evaluations.error_kind = 'infra'",
+                f" WHERE evaluations.error_kind IN {RETRIED_KINDS!r}",
                 (
                     run_id,
                     ev.candidate.id,
@@ -329,6 +359,7 @@ class Store:
                     ev.error_kind,
                     int(ev.feasible),
                     *(_number(ev.objectives.get(k)) for k in _INDEXED),
+                    float(ev.fidelity),
                     json.dumps(ev.objectives, sort_keys=True),
                     json.dumps(data, sort_keys=True),
                     time.time(),
@@ -376,6 +407,27 @@ class Store:
             "SELECT data FROM reference_evaluations WHERE run_id=? ORDER BY seq", (run_id,)
         ).fetchall()
         return [Evaluation.from_json(json.loads(r["data"])) for r in rows]
+
+    # -- screened children (skipped on cheap objectives: petra_hw.search.screening) --------------
+    def add_screened(self, run_id: str, candidate: Candidate, reason: str) -> bool:
+        """Journal a child that was screened instead of evaluated; False when already there."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO screened (run_id, candidate_id, generation, pipeline, reason, created)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT (run_id, candidate_id) DO NOTHING",
+                (run_id, candidate.id, candidate.generation, str(candidate.pipeline), reason,
+                 time.time()),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    @_read
+    def screened(self, run_id: str) -> list[tuple[str, str]]:
+        """A run's screened children as (pipeline, reason), in the order they were screened."""
+        rows = self._conn.execute(
+            "SELECT pipeline, reason FROM screened WHERE run_id=? ORDER BY created, rowid",
+            (run_id,),
+        ).fetchall()
+        return [(r["pipeline"], r["reason"]) for r in rows]
 
     # -- strategy snapshots -------------------------------------------------------------------
     def save_state(self, run_id: str, generation: int, state: dict[str, Any]) -> None:

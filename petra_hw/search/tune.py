@@ -32,12 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from petra_hw.errors import DiskFull, UserError
 from petra_hw.fsutil import disk_full
 from petra_hw.pipeline import Pipeline
 from petra_hw.precision import float_precision
+from petra_hw.search.budget import BUDGET, NOT_STARTED, BudgetGate, expected_seconds
 from petra_hw.search.evaluator import (
     DISK_FULL,
     INFRA,
@@ -48,13 +50,16 @@ from petra_hw.search.evaluator import (
     fault_from_env,
 )
 from petra_hw.search.executors import DEFAULT_TIMEOUT_S, Executor, make_executor
+from petra_hw.search.fidelity import DEFAULT_RUNGS, SuccessiveHalving, check_rungs, fidelity_stats
 from petra_hw.search.objectives import KNOWN_OBJECTIVES, QUALITY, ObjectiveConfig, Objectives
 from petra_hw.search.runlock import RunLock
-from petra_hw.search.store import JOURNAL_NAME, Store
+from petra_hw.search.selection import pareto_front
+from petra_hw.search.store import JOURNAL_NAME, RETRIED_KINDS, Store
 from petra_hw.search.types import Candidate, Evaluation
 
 if TYPE_CHECKING:
     from petra_hw.profiles import DeviceProfile
+    from petra_hw.search.guide import Guide
     from petra_hw.search.space import SearchSpace
     from petra_hw.search.strategy import Target
 
@@ -65,6 +70,10 @@ BASELINE_WEIGHTS = "baseline.pt"
 
 class _InfraStop(Exception):
     """An evaluation failed for a reason of the environment (``infra``): the run stops."""
+
+
+class _BudgetStop(Exception):
+    """The time budget refused or stopped a candidate: the run ends here (see search.budget)."""
 
 
 ORIGINAL = Pipeline.make()
@@ -106,13 +115,26 @@ class TuneSettings:
     # Build the device's one-shot peers and the training control (``petra_hw.references``) after
     # the Original; their time is reported apart and not charged to ``budget_s``.
     references: bool = True
+    # Successive-halving rungs (shares of the training epochs) a training candidate passes
+    # before full epochs; () evaluates every candidate at full fidelity (petra_hw.search.fidelity)
+    fidelity_rungs: tuple[float, ...] = DEFAULT_RUNGS
+    # Re-time the Original with the front, interleaved, after each generation and before the
+    # report (petra_hw.search.remeasure)
+    remeasure: bool = True
+    # Children certainly dominated on cheap objectives are screened, not trained, and a learned
+    # cost model picks one of ``mutants`` children per slot (``petra_hw.search.guide``); both
+    # off for an ablation.
+    screening: bool = True
+    cost_model: bool = True
+    mutants: int = 8
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UserError(f"unknown mode '{self.mode}' (choose {', '.join(MODES)})")
-        if self.population < 1 or self.workers < 1:
-            raise UserError("--population and --workers must be at least 1")
+        if self.population < 1 or self.workers < 1 or self.mutants < 1:
+            raise UserError("--population, --workers and --mutants must be at least 1")
         object.__setattr__(self, "plugins", tuple(self.plugins))  # a JSON list after a resume
+        object.__setattr__(self, "fidelity_rungs", check_rungs(self.fidelity_rungs))
         if self.stagnation is not None and self.stagnation < 1:
             raise UserError("--stagnation must be at least 1 generation")
         if self.objectives is not None:
@@ -221,7 +243,8 @@ class TuneSettings:
     @staticmethod
     def from_json(d: dict[str, Any]) -> TuneSettings:
         names = {f.name for f in dataclasses.fields(TuneSettings)}
-        return TuneSettings(**{k: v for k, v in d.items() if k in names})
+        # a run journaled before multi-fidelity search keeps evaluating at full fidelity
+        return TuneSettings(**{"fidelity_rungs": (), **{k: v for k, v in d.items() if k in names}})
 
 
 @dataclass(frozen=True)
@@ -404,14 +427,22 @@ class _Session:
         self.references = {e.candidate.reference: e for e in self.store.references(self.run_id)}
         self.sessions = list(record.stats.get("sessions", []))
         self.journal = {
-            e.candidate.id: e for e in self.store.evaluations(self.run_id) if e.error_kind != INFRA
+            e.candidate.id: e
+            for e in self.store.evaluations(self.run_id)
+            if e.error_kind not in RETRIED_KINDS
         }
+        self.budget_stops = dict(record.stats.get("budget_stops", {}))
+        self.remeasured = list(record.stats.get("remeasured", []))
+        self.remeasured_final: dict[str, Any] | None = record.stats.get("remeasured_final")
+        self._calib: np.ndarray | None = None
         self.started = time.monotonic()
         self.started_at = time.time()
         self.evaluated = 0
         self.generation = 0
         self.hv: float | None = None
         self.original: Evaluation | None = None
+        self.objectives: Objectives | None = None
+        self.guide: Guide | None = None
 
     # -- bookkeeping ------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -435,6 +466,10 @@ class _Session:
             "references_s": self.references_s,
             "evaluations": len(self.journal),
             "errors": errors,
+            "fidelity": fidelity_stats(self.journal.values()),
+            "budget_stops": self.budget_stops,
+            "remeasured": self.remeasured,
+            "remeasured_final": self.remeasured_final,
             "prefix_cache": {
                 "hits": len(hits),
                 "applied": len(applied),
@@ -443,11 +478,42 @@ class _Session:
                 "seconds_saved": sum(e.timings_s.get("cache_saved_s", 0.0) for e in applied),
             },
             "sessions": [*self.sessions, {"started": self.started_at, "evaluated": self.evaluated}],
+            **self._guide_stats(),
         }
+
+    def _guide_stats(self) -> dict[str, Any]:
+        """Screened children per hour and the cost model's held-out accuracy."""
+        if self.guide is None:
+            return {"screening": {"enabled": False}, "cost_model": {"enabled": False}}
+        screened = len(self.store.screened(self.run_id))
+        return self.guide.summary(self.search_elapsed(), screened)
+
+    def _make_guide(self, strategy, objectives: Objectives, ctx: EvalContext) -> Guide | None:
+        """The guide a breeding strategy consults (None when both parts are off), its cost
+        model refitted from the journal, in journal order (a resumed run's included)."""
+        s = self.settings
+        if not (s.screening or s.cost_model) or not type(strategy).uses_guide:
+            return None
+        from petra_hw.search.costmodel import CostModel
+        from petra_hw.search.features import StructureProbe
+        from petra_hw.search.guide import Guide
+
+        guide = Guide(
+            StructureProbe.from_context(ctx),
+            objectives,
+            mutants=s.mutants,
+            screening=s.screening,
+            cost_model=CostModel(seed=s.seed) if s.cost_model else None,
+            record=lambda c, reason: self.store.add_screened(self.run_id, c, reason),
+        )
+        guide.observe(self.journal.values())
+        return guide
 
     def _best(self) -> Evaluation | None:
         ok = [
-            e for e in self.journal.values() if e.ok and e.feasible and e.candidate.pipeline.steps
+            e
+            for e in self.journal.values()
+            if e.ok and e.feasible and e.full_fidelity and e.candidate.pipeline.steps
         ]
         return min(ok, key=lambda e: e.objectives.get("latency_ms", math.inf), default=None)
 
@@ -482,7 +548,13 @@ class _Session:
                 out.append(self.journal[c.id])
                 self._report(self.journal[c.id], reused=True)
         todo = [c for c in batch if c.id not in self.journal]
+        stopped: list[Evaluation] = []
         for ev in executor.submit(todo):
+            if ev.error_kind == BUDGET:  # not the candidate's doing: never told, resume retries
+                stopped.append(ev)
+                if not (ev.error or "").startswith(NOT_STARTED):
+                    self.store.add_evaluation(self.run_id, ev)
+                continue
             if not self.store.add_evaluation(self.run_id, ev):
                 log.warning("candidate %s was already journaled", ev.candidate.id)
             if ev.error_kind == INFRA:  # the environment failed, not the candidate: stop here
@@ -494,7 +566,88 @@ class _Session:
             self.store.update_stats(self.run_id, **self._stats())
             out.append(ev)
             self._report(ev)
+        if stopped:
+            self._budget_stop(stopped)
         return out
+
+    def _budget_stop(self, stopped: list[Evaluation]) -> None:
+        """Count what the time budget stopped or did not start, and end the run."""
+        started = [e for e in stopped if not (e.error or "").startswith(NOT_STARTED)]
+        for key, n in (("stopped", len(started)), ("not_started", len(stopped) - len(started))):
+            self.budget_stops[key] = self.budget_stops.get(key, 0) + n
+        self.store.update_stats(self.run_id, **self._stats())
+        first = stopped[0]
+        raise _BudgetStop(
+            f"time budget spent ({self.search_elapsed():.0f} s; {len(started)} candidate(s) "
+            f"stopped at the bound, {len(stopped) - len(started)} not started: "
+            f"{first.candidate.pipeline}: {first.error})"
+        )
+
+    def _remeasure(self, profile: DeviceProfile, front: list[Evaluation], *, final: bool) -> None:
+        """Re-time the Original with ``front`` interleaved (``search.remeasure``) and record it;
+        a failure is recorded with its reason, never the run's end."""
+        from petra_hw.search.remeasure import remeasure
+
+        if not self.settings.remeasure or self.original is None:
+            return
+        t = time.monotonic()
+        try:
+            record = remeasure(self.original, front, profile, self._calib_inputs(), final=final)
+        except Exception as exc:
+            log.warning("interleaved re-measurement failed: %s", exc)
+            record = {"error": f"{type(exc).__name__}: {exc}"}
+        record.update(
+            generation=self.generation,
+            elapsed_s=self.search_elapsed(),
+            seconds=time.monotonic() - t,
+        )
+        if final:
+            self.remeasured_final = record
+        else:
+            self.remeasured.append(record)
+
+    def _calib_inputs(self) -> np.ndarray:
+        """Real inputs to time on: the first calib samples (loaded once per session)."""
+        if self._calib is None:
+            from petra_hw.suite import DataContext, load_suite
+
+            s = self.settings
+            data_dir = Path(s.data_dir) if s.data_dir else None
+            splits = load_suite(s.suite).load_splits(DataContext(data_dir, s.seed))
+            self._calib = splits.calib.x[:64].numpy()
+        return self._calib
+
+    def _evaluate_batch(self, executor: Executor, batch: list[Candidate]) -> list[Evaluation]:
+        """One evaluation per candidate: rung by rung (``search.fidelity``) where the run has
+        reduced rungs, else straight at full fidelity."""
+        rungs = self.settings.fidelity_rungs
+        if not rungs:
+            return self._evaluate(executor, batch)
+        assert self.objectives is not None
+        mode = self.settings.mode
+        halving = SuccessiveHalving(
+            rungs,
+            self.objectives,
+            lambda c: mode == "untrained" or any(s.spec.trains for s in c.pipeline.steps),
+        )
+        # The front before this batch (its own rows excluded): a resume decides the same.
+        hashes = {c.pipeline.hash for c in batch}
+        before = [e for e in self.journal.values() if e.candidate.pipeline.hash not in hashes]
+        front = pareto_front(before, self.objectives)
+        return halving.run(batch, front, lambda todo: self._evaluate(executor, todo))
+
+    def _arm_budget(self, executor: Executor, profile: DeviceProfile) -> None:
+        """Give the executor the run's deadline and admission rule (a hard time budget), less
+        a reserve for the final interleaved re-measurement of the front."""
+        s = self.settings
+        if s.budget_s is None or not hasattr(executor, "budget"):
+            return
+        reserve = 0.0
+        if s.remeasure:
+            per_artifact = 2 * profile.measurement.min_time_s  # batch 1 and the largest batch
+            reserve = min(0.05 * s.budget_s, (1 + s.population) * per_artifact)
+        deadline = time.monotonic() + s.budget_s - reserve - self.search_elapsed()
+        executor.budget = BudgetGate(deadline, lambda c: expected_seconds(c, self.journal))
 
     def _build_references(self, executor: Executor, profile, space) -> None:
         """Peers and the training control, each journaled as it finishes; those already in the
@@ -596,7 +749,6 @@ class _Session:
         )
 
     def _search(self, executor: Executor, profile) -> TuneResult:
-        from petra_hw.search.selection import pareto_front
         from petra_hw.search.strategy import STRATEGIES, Stopper, get_strategy
 
         s = self.settings
@@ -608,10 +760,12 @@ class _Session:
                 f"{self.original.error_kind}: {self.original.error}"
             )
         objectives = Objectives(self.objective_config, self.original)
+        self.objectives = objectives
         executor.context = dataclasses.replace(executor.context, original=self.original)
         space = s.search_space(profile)  # the journaled spec (older runs: recomputed here)
         if s.references:
             self._build_references(executor, profile, space)
+        self._arm_budget(executor, profile)  # the Original and references are not charged
         kwargs: dict[str, Any] = {"objectives": objectives}
         if STRATEGIES[s.strategy].uses_population:
             kwargs["population_size"] = max(2, s.population)
@@ -619,6 +773,7 @@ class _Session:
         snapshot = self.store.load_state(self.run_id)
         if snapshot is not None:
             strategy.load_state_dict(snapshot[1])
+        self.guide = strategy.guide = self._make_guide(strategy, objectives, executor.context)
         self.generation = strategy.generation
         self.hv = strategy.hv_history[-1] if strategy.hv_history else None
         stopper = Stopper(
@@ -647,7 +802,13 @@ class _Session:
                     )
                     break
                 self.store.save_state(self.run_id, strategy.generation, strategy.state_dict())
-            last = self._evaluate(executor, batch)
+            try:
+                last = self._evaluate_batch(executor, batch)
+            except _BudgetStop as stop:
+                reason = str(stop)
+                break
+            if self.guide is not None:
+                self.guide.observe(last)
             strategy.tell(last)
             self.generation = strategy.generation
             self.hv = strategy.hv_history[-1] if strategy.hv_history else None
@@ -660,21 +821,31 @@ class _Session:
                     value=self.hv,
                     elapsed_s=self.search_elapsed(),
                 )
+            if stopper.reason(strategy, self.search_elapsed(), last) is None:
+                self._remeasure(profile, strategy.archive, final=False)
             self._report(None)
             batch = []
         log.info("run %s stops: %s", self.run_id, reason)
         self.store.update_stats(self.run_id, **self._stats(), stop_reason=reason)
         self.store.set_status(self.run_id, "finished")
-        evaluations = self.store.evaluations(self.run_id)
+        # full-fidelity rows only (reduced rungs and budget stops are in the journal and stats)
+        evaluations = [
+            e
+            for e in self.store.evaluations(self.run_id)
+            if e.full_fidelity and e.error_kind != BUDGET
+        ]
+        front = pareto_front(
+            [e for e in evaluations if e.candidate.pipeline.steps] + [self.original], objectives
+        )
+        self._remeasure(profile, front, final=True)
+        self.store.update_stats(self.run_id, **self._stats())
         return TuneResult(
             run_id=self.run_id,
             run_dir=self.run_dir,
             original=self.original,
             evaluations=evaluations,
             references=list(self.references.values()),
-            front=pareto_front(
-                [e for e in evaluations if e.candidate.pipeline.steps] + [self.original], objectives
-            ),
+            front=front,
             objectives=objectives,
             stop_reason=reason,
             stats=self.store.get_run(self.run_id).stats,

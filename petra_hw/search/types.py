@@ -33,10 +33,19 @@ class Candidate:
     # A one-shot reference recipe (``petra_hw.references``): measured beside the search, never
     # searched, mutated or counted in a front's hypervolume.
     reference: str | None = None
+    # Share of its training steps' epoch budget (``petra_hw.search.fidelity``): 1.0 = full; a
+    # reduced rung is its own journal row (``<hash>@<fidelity>``), never on a front.
+    fidelity: float = 1.0
 
     @property
     def id(self) -> str:
-        return f"ref-{self.reference}" if self.reference else self.pipeline.hash
+        if self.reference:
+            return f"ref-{self.reference}"
+        return (
+            self.pipeline.hash
+            if self.fidelity >= 1.0
+            else f"{self.pipeline.hash}@{self.fidelity:g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -57,10 +66,16 @@ class Evaluation:
     # What the steps left out, e.g. "LR(threshold=0.6): skipped: 31 layers (not cheaper at ...)";
     # a step that changed nothing is an error of kind "no-op" instead (steps.effects).
     step_notes: list[str] = field(default_factory=list)
+    fidelity: float = 1.0  # the training share this evaluation ran at (1.0: full epochs)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def full_fidelity(self) -> bool:
+        """Only these reach a front, a hypervolume or a report."""
+        return self.fidelity >= 1.0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,6 +87,7 @@ class Evaluation:
             "parent": self.candidate.parent,
             "operator": self.candidate.operator,
             "reference": self.candidate.reference,
+            "fidelity": self.candidate.fidelity,
         }
         return d
 
@@ -84,5 +100,6 @@ class Evaluation:
             c["parent"],
             c["operator"],
             c.get("reference"),
+            c.get("fidelity", 1.0),
         )
         return Evaluation(**{**d, "candidate": cand})

@@ -38,6 +38,7 @@ class StepContext:
     seed: int = 0
     epoch_callback: Callable[[int, float], None] | None = None
     reads: frozenset[str] | None = None  # settings the running step declared (None: any)
+    fidelity: float = 1.0  # share of each training epoch to run (multi-fidelity search)
     # Where a step reports what it changed (``steps.effects``); None: nobody listens.
     report: Callable[[StepEffect], None] | None = None
 

@@ -34,6 +34,7 @@ def fit(model: nn.Module, epochs: int, ctx: StepContext) -> nn.Module:
         seed=ctx.seed,
         monitor=ctx.splits.calib,
         epoch_callback=ctx.epoch_callback,
+        fraction=ctx.fidelity,
     )
     log.info(
         "trained %d/%d epochs in %.1f s (calib loss %s%s)",

@@ -153,6 +153,7 @@ def _run(
         extra_loss=extra,
         monitor=ctx.splits.calib if monitor is None else monitor,
         epoch_callback=ctx.epoch_callback,
+        fraction=ctx.fidelity,
     )
 
 

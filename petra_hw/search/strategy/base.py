@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from petra_hw.search.objectives import Objectives
 from petra_hw.search.selection import hypervolume, pareto_front
 from petra_hw.search.space import SearchSpace, with_inactive_defaults
 from petra_hw.search.types import Candidate, Evaluation
+
+if TYPE_CHECKING:
+    from petra_hw.search.guide import Guide
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class Strategy:
     name: ClassVar[str] = ""
     # True: the constructor takes ``population_size`` (tune passes ``--population``)
     uses_population: ClassVar[bool] = False
+    # True: it breeds children through ``_propose``, so tune hands it a guide
+    uses_guide: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, seed: int = 0, objectives: Objectives | None = None):
         self.space = space
@@ -86,6 +91,8 @@ class Strategy:
         self.archive: list[Evaluation] = []
         self._seen: set[str] = set()
         self._pending: dict[str, Candidate] = {}
+        # Screens and ranks children (``_propose``); set by the tune loop, None: plain breeding.
+        self.guide: Guide | None = None
         if objectives is not None:
             self._seen.add(canonical_key(objectives.original.candidate.pipeline))
 
@@ -133,6 +140,27 @@ class Strategy:
             return False
         self._seen.add(key)
         return True
+
+    def _propose(self, draw: Callable[[], Candidate]) -> Candidate | None:
+        """One child from ``draw`` through the guide: ``guide.draws`` unseen drafts, the screened
+        ones claimed (never drawn again) and recorded by the guide, the best of the rest by its
+        ranking (``petra_hw.search.guide``); None when every draft was screened or seen.  The
+        caller claims the child it keeps."""
+        if self.guide is None:
+            return draw()
+        drafts: dict[str, Candidate] = {}
+        for _ in range(4 * self.guide.draws):
+            if len(drafts) == self.guide.draws:
+                break
+            cand = draw()
+            key = canonical_key(cand.pipeline)
+            if key in self._seen or key in drafts:
+                continue
+            if self.guide.screen(cand) is not None:
+                self._seen.add(key)
+                continue
+            drafts[key] = cand
+        return self.guide.choose(list(drafts.values()), self.archive) if drafts else None
 
     def _ask(self, n: int) -> list[Candidate]:
         raise NotImplementedError

@@ -54,6 +54,7 @@ class EvolutionStrategy(Strategy):
 
     name = "evolution"
     uses_population = True
+    uses_guide = True
 
     def __init__(
         self,
@@ -113,7 +114,10 @@ class EvolutionStrategy(Strategy):
             if not self.survivors or self._n_initial < self.population_size:
                 cand = self._initial()
             elif attempt < attempts // 2:
-                cand = self._offspring()
+                proposed = self._propose(self._offspring)  # screened / ranked by the guide
+                if proposed is None:
+                    continue
+                cand = proposed
             else:  # mutants keep repeating known pipelines: widen with random ones
                 cand = Candidate(
                     self.space.random_pipeline(self.rng), self.generation, None, "random"

@@ -25,7 +25,7 @@ class Target:
     max_size_mb: float | None = None
 
     def met_by(self, ev: Evaluation, objectives: Objectives) -> bool:
-        if not ev.ok or not ev.feasible or objectives.violation(ev) > 0:
+        if not ev.ok or not ev.full_fidelity or not ev.feasible or objectives.violation(ev) > 0:
             return False
         checks = [
             (self.max_quality_drop, objectives.quality_drop(ev)),

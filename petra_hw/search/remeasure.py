@@ -1,0 +1,87 @@
+"""Re-measure the Original beside the front, interleaved in one process (``petra_hw.interleaved``).
+
+Each candidate is timed once, in its own worker, at its own moment; on a shared host batch-1
+latency drifts 15% between processes and up to 2x under a neighbour's load, so two candidates
+measured minutes apart may differ by the machine, not the model.  After every generation the tune
+loop re-times the Original with the current front, round-robin in the main process (batch 1, a
+few short rounds), and records each front member's ratio to the Original *in the same rounds*
+and the Original's drift from its first measurement.  Before the run is reported the final front
+is re-timed the same way at batch 1 and the largest profile batch size.  The records go to the
+run's stats (``remeasured`` per generation, ``remeasured_final``) and so to its report; they never
+replace the journaled measurements a front was chosen on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from petra_hw.interleaved import measure_interleaved
+from petra_hw.profiles import DeviceProfile
+from petra_hw.search.types import Evaluation
+
+log = logging.getLogger(__name__)
+
+GENERATION_ROUNDS = 3
+FINAL_ROUNDS = 5
+
+
+def remeasure(
+    original: Evaluation,
+    front: Sequence[Evaluation],
+    profile: DeviceProfile,
+    inputs: np.ndarray,
+    *,
+    final: bool,
+) -> dict[str, Any]:
+    """Interleaved batch-1 (and, when ``final``, largest-batch) timing of the Original and
+    ``front``; each round gets ``1/rounds`` of the profile's minimum time, so the whole costs
+    about one ordinary measurement per artifact."""
+    members = [e for e in front if e.ok and e.artifact and e.candidate.pipeline.steps]
+    artifacts = {
+        e.candidate.id: e.artifact
+        for e in [original, *members]
+        if e.artifact and Path(e.artifact).is_dir()  # a Ray node's artifact may be elsewhere
+    }
+    if original.candidate.id not in artifacts:
+        return {"error": "the Original's artifact is not on this machine"}
+    rounds = FINAL_ROUNDS if final else GENERATION_ROUNDS
+    largest = max(profile.batch_sizes, default=1)
+    batches = tuple(sorted({1, largest})) if final else (1,)
+    m = profile.measurement
+    short = dataclasses.replace(
+        profile,
+        measurement=dataclasses.replace(
+            m, min_time_s=m.min_time_s / rounds, min_iters=max(1, m.min_iters // rounds)
+        ),
+    )
+    timed = measure_interleaved(artifacts, short, inputs, batches, rounds)
+    base = timed[original.candidate.id]
+    journaled = original.objectives.get("latency_ms")
+    out: dict[str, Any] = {
+        "rounds": rounds,
+        "original_latency_ms": base.p50_ms(1),
+        "original_drift": base.p50_ms(1) / journaled if journaled else None,
+        "front": {},
+    }
+    for e in members:
+        if e.candidate.id not in timed:
+            continue
+        t = timed[e.candidate.id]
+        row = {
+            "pipeline": str(e.candidate.pipeline),
+            "latency_ms": t.p50_ms(1),
+            "iqr_ms": float(np.subtract(*np.percentile(t.samples_ms[1], [75, 25]))),
+            "latency_ratio": t.p50_ms(1) / base.p50_ms(1),
+            "journaled_ratio": (e.objectives.get("latency_ms") or np.nan) / (journaled or np.nan),
+        }
+        if final and largest != 1:
+            row["throughput_ips"] = t.throughput_ips(largest)
+            row["throughput_ratio"] = t.throughput_ips(largest) / base.throughput_ips(largest)
+        out["front"][e.candidate.id] = row
+    return out
