@@ -41,7 +41,11 @@ def _journaled(run: petra_hw.Run) -> dict:
 
 def _all_ok(run: petra_hw.Run) -> None:
     assert len(run.evaluations) == 3, [e.candidate.pipeline for e in run.evaluations]
-    assert all(e.ok for e in run.evaluations), [(e.error_kind, e.error) for e in run.evaluations]
+    # a no-op (e.g. an LR rank that keeps every layer whole) is recorded data, not a failure
+    assert all(e.ok or e.error_kind == "no-op" for e in run.evaluations), [
+        (e.error_kind, e.error) for e in run.evaluations
+    ]
+    assert any(e.ok and e.candidate.pipeline.steps for e in run.evaluations)
 
 
 def test_from_torch_infers_what_is_unambiguous(suite) -> None:
