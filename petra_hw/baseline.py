@@ -127,20 +127,23 @@ def get_baseline(
         if on_epoch is not None:
             on_epoch(done + epoch, total, calib_loss, elapsed)
 
+    common = {
+        "batch_size": cfg.batch_size,
+        "optimizer": cfg.optimizer,
+        "weight_decay": cfg.weight_decay,
+        "default_loss": suite.default_loss,
+        "monitor": splits.calib,
+        "epoch_callback": progress,
+    }
     result = train(
         model,
         splits.train,
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        optimizer=cfg.optimizer,
         lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        default_loss=suite.default_loss,
         seed=seed,
-        monitor=splits.calib,
         patience=cfg.early_stop_patience(),
         augment=cfg.augment,
-        epoch_callback=progress,
+        **common,
     )
     if cfg.finish_epochs:
         done = result.epochs_run
@@ -148,17 +151,7 @@ def get_baseline(
             "baseline %s: %d finishing epochs without augmentation", suite.name, cfg.finish_epochs
         )
         finish = train(
-            model,
-            splits.train,
-            epochs=cfg.finish_epochs,
-            batch_size=cfg.batch_size,
-            optimizer=cfg.optimizer,
-            lr=cfg.lr / 2,
-            weight_decay=cfg.weight_decay,
-            default_loss=suite.default_loss,
-            seed=seed + 1,
-            monitor=splits.calib,
-            epoch_callback=progress,
+            model, splits.train, epochs=cfg.finish_epochs, lr=cfg.lr / 2, seed=seed + 1, **common
         )
         result = dataclasses.replace(
             result,
