@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -239,6 +238,7 @@ def load_suite(name_or_path: str) -> Suite:
     """Load a bundled suite by name, a user suite file by path, or a suite made in Python by its
     reference (``module:factory`` or ``file.py:factory``, see ``petra_hw.suite_ref``)."""
     from petra_hw.suite_ref import is_reference, load_reference
+    from petra_hw.user_module import load_user_file
 
     if is_reference(name_or_path):
         return load_reference(name_or_path)
@@ -246,12 +246,7 @@ def load_suite(name_or_path: str) -> Suite:
     if name_or_path.endswith(".py") or path.exists():
         if not path.is_file():
             raise UserError(f"suite file not found: {name_or_path}")
-        spec = importlib.util.spec_from_file_location(f"petra_user_suite_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        try:
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except Exception as exc:  # a user's file: report, never a traceback
-            raise UserError(f"cannot load suite file {path}: {type(exc).__name__}: {exc}") from None
+        module = load_user_file(path)
         source = str(path.resolve())
     else:
         if name_or_path not in bundled_names():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
-import importlib.util
 import inspect
 import sys
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from petra_hw.errors import UserError
+from petra_hw.user_module import load_user_file
 
 if TYPE_CHECKING:
     from petra_hw.suite import Suite
@@ -168,13 +168,7 @@ def _import(left: str, text: str):
         path = Path(left)
         if not path.is_file():
             raise UserError(f"suite reference {text}: no file {path}")
-        spec = importlib.util.spec_from_file_location(f"petra_user_suite_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        try:
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except Exception as exc:  # a user's file: report, never a traceback
-            raise UserError(f"cannot load suite file {path}: {type(exc).__name__}: {exc}") from None
-        return module
+        return load_user_file(path)
     try:
         return importlib.import_module(left)
     except ImportError as exc:
