@@ -11,6 +11,10 @@ Bands: ``latency_ms`` half the interquartile range of the batch-1 raw samples (t
 a fixed ``SIZE_BAND`` (bytes on disk are exact, but a manifest's few bytes are no difference);
 quality, energy and complexity have none.  Measurements made before the profiler kept IQRs have
 zero bands, as before.
+
+Two evaluations are *twins* when every objective lies within both their bands (with zero bands:
+exactly equal objectives).  Neither dominates the other, so without care both hold a place in a
+population: :func:`distinct` picks one per group of twins.
 """
 
 from __future__ import annotations
@@ -74,3 +78,20 @@ def noisy_fronts(F: np.ndarray, B: np.ndarray) -> list[np.ndarray]:
         fronts.append(front)
         left[front] = False
     return fronts
+
+
+def twins(F: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``t[i, j]``: rows ``i`` and ``j`` differ on no objective by more than their two bands."""
+    return np.all(np.abs(F[:, None, :] - F[None, :, :]) <= B[:, None, :] + B[None, :, :], axis=2)
+
+
+def distinct(F: np.ndarray, B: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Which rows represent their twins: walking ``order`` (best first), a row is kept unless it is
+    a twin of a row already kept.  The mask has no two twins, and every dropped row has a kept
+    twin that came earlier in ``order``."""
+    t = twins(F, B)
+    keep = np.zeros(len(F), dtype=bool)
+    for i in order:
+        if not (t[i] & keep).any():
+            keep[i] = True
+    return keep

@@ -3,11 +3,12 @@
 Order of merit (Deb's constrained domination, with failures last):
 
 1. feasible evaluations, by non-dominated front of the normalized objectives, where a point
-   dominates only by more than the measurement noise of both (``petra_hw.search.noise``); a
-   later evaluation with exactly the objectives of an earlier one (a neutral mutation) is ranked
-   after all distinct feasible ones, so twins do not crowd the population;
+   dominates only by more than the measurement noise of both (``petra_hw.search.noise``);
 2. infeasible ones, by constraint violation (equal violation = same front);
-3. failed ones (``error`` set, or no finite objectives).
+3. twins: a feasible evaluation with exactly the objectives of a better-ranked one (a neutral
+   mutation) or, for survival and mating, within both their noise bands on every objective (a
+   last-bit size difference, a latency within the IQR), so twins do not crowd the population;
+4. failed ones (``error`` set, or no finite objectives).
 
 Survival fills the population front by front; the front that does not fit is thinned SMS-EMOA
 style, removing the point with the least exclusive hypervolume contribution one at a time
@@ -25,38 +26,66 @@ import numpy as np
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from petra_hw.search.noise import noisy_fronts
+from petra_hw.search.noise import distinct, noisy_fronts
 from petra_hw.search.objectives import ObjectiveMatrix, Objectives
 from petra_hw.search.types import Evaluation
 
 
-def constrained_fronts(m: ObjectiveMatrix) -> list[np.ndarray]:
-    """Row indices grouped into fronts, best first, under constrained domination."""
-    fronts: list[np.ndarray] = []
+def _fronts(F: np.ndarray, B: np.ndarray) -> list[np.ndarray]:
+    """Positions into ``F`` by non-dominated front, best first; beyond the noise where bands
+    are set, else pymoo's plain sorting."""
+    if np.any(B > 0):
+        return noisy_fronts(F, B)
+    return [np.asarray(f, dtype=int) for f in NonDominatedSorting().do(F)]
+
+
+def twin_rows(m: ObjectiveMatrix, noisy_twins: bool = False) -> np.ndarray:
+    """Mask of the feasible rows that only repeat a better one: of each group of twins one row
+    stays (the lower front, then the smaller sum of normalized objectives, then the earlier row).
+
+    Twins are rows with exactly equal objectives or, with ``noisy_twins``, rows within each
+    other's noise bands on every objective (``noise.distinct``).
+    """
+    B = m.B if m.B is not None else np.zeros_like(m.F)
+    out = np.zeros(len(m), dtype=bool)
     feasible = np.flatnonzero(m.feasible)
-    _, first = np.unique(m.F[feasible], axis=0, return_index=True)
-    unique = np.zeros(len(feasible), dtype=bool)
-    unique[first] = True
-    for group in (feasible[unique], feasible[~unique]):  # objective-space twins after the rest
-        if not len(group):
-            continue
-        if m.B is not None and np.any(m.B[group] > 0):  # dominance beyond measurement noise
-            fronts.extend(group[f] for f in noisy_fronts(m.F[group], m.B[group]))
-        else:
-            fronts.extend(group[np.asarray(f)] for f in NonDominatedSorting().do(m.F[group]))
+    if len(feasible):
+        F, Bf = m.F[feasible], B[feasible]
+        rank = np.empty(len(feasible), dtype=int)
+        for r, f in enumerate(_fronts(F, Bf)):
+            rank[f] = r
+        order = np.lexsort((np.arange(len(F)), F.sum(axis=1), rank))
+        out[feasible] = ~distinct(F, Bf if noisy_twins else np.zeros_like(Bf), order)
+    return out
+
+
+def constrained_fronts(m: ObjectiveMatrix, noisy_twins: bool = False) -> list[np.ndarray]:
+    """Row indices grouped into fronts, best first, under constrained domination.
+
+    Twins (:func:`twin_rows`; within the noise bands with ``noisy_twins``, as survival and mating
+    use it) rank after every infeasible row, just before the failed ones.
+    """
+    B = m.B if m.B is not None else np.zeros_like(m.F)
+    twins = twin_rows(m, noisy_twins)
+
+    def sort(rows: np.ndarray) -> list[np.ndarray]:
+        return [rows[f] for f in _fronts(m.F[rows], B[rows])] if len(rows) else []
+
+    fronts = sort(np.flatnonzero(m.feasible & ~twins))
     infeasible = np.flatnonzero(~m.failed & ~m.feasible)
     for v in np.unique(m.cv[infeasible]):
         fronts.append(infeasible[m.cv[infeasible] == v])
+    fronts.extend(sort(np.flatnonzero(twins)))
     failed = np.flatnonzero(m.failed)
     if len(failed):
         fronts.append(failed)
     return fronts
 
 
-def front_ranks(m: ObjectiveMatrix) -> np.ndarray:
+def front_ranks(m: ObjectiveMatrix, noisy_twins: bool = False) -> np.ndarray:
     """Front index of every row (0 = best)."""
     rank = np.zeros(len(m), dtype=int)
-    for r, front in enumerate(constrained_fronts(m)):
+    for r, front in enumerate(constrained_fronts(m, noisy_twins)):
         rank[front] = r
     return rank
 
@@ -96,10 +125,11 @@ def merit(m: ObjectiveMatrix, ref: np.ndarray) -> list[tuple[int, float]]:
     """Per row, ``(front rank, -exclusive hypervolume in its front)``: smaller is better.
 
     The mating key: among equally ranked parents, those that hold more of the front's
-    hypervolume (its extremes and sparse regions) are preferred.
+    hypervolume (its extremes and sparse regions) are preferred.  Twins within the noise rank as
+    in :func:`survive`.
     """
     out = [(0, 0.0)] * len(m)
-    for r, front in enumerate(constrained_fronts(m)):
+    for r, front in enumerate(constrained_fronts(m, noisy_twins=True)):
         contrib = (
             hv_contributions(m.F[front], ref) if m.feasible[front[0]] else np.zeros(len(front))
         )
@@ -134,9 +164,15 @@ def survive(
     m: ObjectiveMatrix, n: int, ref: np.ndarray, rng: np.random.Generator, n_random: int = 0
 ) -> Survival:
     """Choose ``n`` rows: ``n - n_random`` by merit and ``n_random`` uniformly among the other
-    non-failed rows (random picks only when there are enough non-failed rows to need them)."""
-    rank = front_ranks(m)
-    fronts = constrained_fronts(m)
+    non-failed rows (random picks only when there are enough non-failed rows to need them).
+
+    Twins within the noise bands hold one place: the others are chosen only when no other
+    non-failed row is left (``constrained_fronts(noisy_twins=True)``)."""
+    fronts = constrained_fronts(m, noisy_twins=True)
+    twins = set(np.flatnonzero(twin_rows(m, noisy_twins=True)).tolist())
+    rank = np.zeros(len(m), dtype=int)
+    for r, front in enumerate(fronts):
+        rank[front] = r
     if len(m) <= n:
         return Survival([int(i) for f in fronts for i in f], [], rank)
     n_ok = int((~m.failed).sum())
@@ -152,6 +188,9 @@ def survive(
             elite.extend(_best_of(m, front, room, ref))
     chosen = set(elite)
     rest = [i for i in range(len(m)) if i not in chosen and not m.failed[i]]
+    distinct_rest = [i for i in rest if i not in twins]
+    if len(distinct_rest) >= n_random:
+        rest = distinct_rest
     diverse = [int(i) for i in rng.choice(rest, size=n_random, replace=False)] if n_random else []
     return Survival(elite, diverse, rank)
 
