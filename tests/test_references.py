@@ -177,3 +177,111 @@ def test_peers_refuses_an_unknown_device_in_one_line(tmp_path, capsys) -> None:
     assert main(["peers", "--device", "no-such-device", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("petra-hw: error:")
+
+
+# -- value lines compare re-measured figures ------------------------------------------------------
+def _point(q: float, latency: float, pipeline: str = "", ref: str | None = None) -> Evaluation:
+    """A planted evaluation with an artifact (so it may be compared) and its own id."""
+    return Evaluation(
+        Candidate(Pipeline.parse(pipeline) if pipeline else Pipeline.make(), 1, None, None, ref),
+        objectives={"quality_val": q, "latency_ms": latency, "size_bytes": 1e5,
+                    "throughput_ips": 1000 / latency},
+        quality={"val": q, "test": q},
+        artifact="planted",
+    )  # fmt: skip
+
+
+def _remeasured(original: Evaluation, latencies: list[tuple[Evaluation, float]]) -> dict:
+    """A final re-measurement record as ``search.remeasure`` writes it, with planted figures."""
+    record: dict = {
+        "rounds": 5,
+        "original_id": original.candidate.id,
+        "original_latency_ms": 1.0,
+        "original_throughput_ips": 1000.0,
+        "front": {},
+        "references": {},
+    }
+    for ev, ms in latencies:
+        part = "references" if ev.candidate.reference else "front"
+        record[part][ev.candidate.id] = {"latency_ms": ms, "throughput_ips": 1000 / ms}
+    return record
+
+
+@pytest.fixture()
+def planted():
+    """Journaled figures say PTQ wins 2x over ort-x86; the interleaved ones say Pr - PTQ wins
+    1.25x (PTQ is slower than the peer there)."""
+    original = _point(0.90, 1.0)
+    ptq = _point(0.899, 0.4, "PTQ")
+    pruned = _point(0.898, 0.5, "Pr(ratio=0.5) - PTQ")
+    peer = _point(0.899, 0.8, ref="ort-x86")
+    control = _point(0.95, 1.0, "Tr(epochs=3)", ref=CONTROL)
+    record = _remeasured(original, [(ptq, 0.9), (pruned, 0.6), (peer, 0.75), (control, 1.1)])
+    return original, [original, ptq, pruned], [peer, control], record
+
+
+def test_value_lines_use_the_re_measured_figures_never_a_mix(planted) -> None:
+    from petra_hw.value import REMEASURED, final_figures
+
+    original, front, refs, record = planted
+    objectives = Objectives(ObjectiveConfig(), original)
+    figures = final_figures(record, front, refs)
+    assert figures.source == REMEASURED and "interleaved" in figures.note
+    latency, _, throughput = compare(front, refs, objectives, 0.01, figures=figures)
+    assert latency.best.candidate.id == front[2].candidate.id  # Pr - PTQ, not PTQ
+    assert latency.ratio == pytest.approx(0.75 / 0.6)
+    assert "0.600 ms vs 0.750 ms (ort-x86): 1.25x" in latency.line()
+    assert throughput.ratio == pytest.approx((1000 / 0.6) / (1000 / 0.75))
+    journaled = compare(front, refs, objectives, 0.01)[0]  # what the journal alone would claim
+    assert journaled.best is front[1] and journaled.ratio == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda r: {"skipped": "the run was made with --no-remeasure"}, "--no-remeasure"),
+        (lambda r: {"error": "the Original's artifact is not on this machine"}, "failed"),
+        (lambda r: None, "no final interleaved re-measurement"),
+        # the peer failed to load: its figure would be journaled, so every figure is
+        (
+            lambda r: {
+                **r,
+                "references": {},
+                "failed": {"ref-ort-x86": "RuntimeError: broken model"},
+            },
+            "lacks ref: ort-x86 (RuntimeError: broken model)",
+        ),
+        (lambda r: {**r, "front": {}}, "lacks PTQ"),  # an older record, or a stale one
+    ],
+)
+def test_without_a_complete_re_measurement_all_figures_are_journaled_and_said_so(
+    planted, change, reason
+) -> None:
+    from petra_hw.value import JOURNALED, final_figures
+
+    original, front, refs, record = planted
+    figures = final_figures(change(record), front, refs)
+    assert figures.source == JOURNALED and reason in figures.note
+    assert figures.note.startswith("journaled figures")
+    latency = compare(front, refs, Objectives(ObjectiveConfig(), original), 0.01, figures=figures)[
+        0
+    ]
+    assert latency.best is front[1] and latency.ratio == pytest.approx(2.0)
+
+
+def test_run_best_ranks_on_the_re_measured_figures(planted, tmp_path) -> None:
+    from petra_hw.api import Run
+    from petra_hw.search.tune import TuneResult
+
+    original, front, refs, record = planted
+    objectives = Objectives(ObjectiveConfig(), original)
+
+    def run(final: dict | None) -> Run:
+        stats = {"remeasured_final": final}
+        return Run(TuneResult("r", tmp_path, original, front, front, objectives, "", stats, refs))
+
+    best = run(record).best("latency")
+    assert best is front[2] and best.objectives["latency_ms"] == 0.5  # the journaled evaluation
+    assert run(record).best("throughput") is front[2]
+    skipped = run({"skipped": "the run was made with --no-remeasure"})
+    assert skipped.best("latency") is front[1] and "--no-remeasure" in skipped.figures.note
