@@ -7,6 +7,8 @@ real (their backend is not the device's) while the ORT peers and the control are
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -285,3 +287,112 @@ def test_run_best_ranks_on_the_re_measured_figures(planted, tmp_path) -> None:
     assert run(record).best("throughput") is front[2]
     skipped = run({"skipped": "the run was made with --no-remeasure"})
     assert skipped.best("latency") is front[1] and "--no-remeasure" in skipped.figures.note
+
+
+@contextmanager
+def _planted_run(run_dir: Path, final: dict | None, max_quality_drop: float | None = None):
+    """The run's journal with ``stats.remeasured_final`` (and the budget) replaced, restored on
+    exit: the run's own figures and choices stay what the other tests read."""
+    journal = run_dir / JOURNAL_NAME
+    conn = sqlite3.connect(journal)
+    try:
+        run_id, stats, settings = conn.execute("SELECT id, stats, settings FROM runs").fetchone()
+        planted_stats = {**json.loads(stats), "remeasured_final": final}
+        planted_settings = {**json.loads(settings), "max_quality_drop": max_quality_drop}
+        with conn:
+            conn.execute(
+                "UPDATE runs SET stats=?, settings=? WHERE id=?",
+                (json.dumps(planted_stats), json.dumps(planted_settings), run_id),
+            )
+        yield
+    finally:
+        with conn:
+            conn.execute(
+                "UPDATE runs SET stats=?, settings=? WHERE id=?", (stats, settings, run_id)
+            )
+        conn.close()
+
+
+def test_the_run_re_measures_its_references_and_reports_on_those_figures(run_dir) -> None:
+    from petra_hw.report.build import build_run
+
+    with Store(run_dir / JOURNAL_NAME) as store:
+        (record,) = store.runs()
+    final = record.stats["remeasured_final"]
+    refs = _references(run_dir)
+    assert set(final["references"]) == {  # every reference that built: peers and the control
+        e.candidate.id for e in refs.values() if e.ok
+    }
+    assert Path(final["samples_path"]).is_file()
+    run = build_run(run_dir)
+    assert run["value_figures"]["source"] == "re-measured"
+    rows = {
+        final["original_id"]: {
+            "latency_ms": final["original_latency_ms"],
+            "throughput_ips": final["original_throughput_ips"],
+        },
+        **final["front"],
+        **final["references"],
+    }
+    for v in run["value"]:
+        if v["objective"] != "size_bytes" and v["best"] and v["peer"]:
+            assert v["best_value"] == pytest.approx(rows[v["best"]][v["objective"]])
+            assert v["peer_value"] == pytest.approx(rows[f"ref-{v['peer']}"][v["objective"]])
+    assert main(["report", str(run_dir)]) == 0
+    for name in ("report.md", "report.html"):
+        assert "re-measured interleaved in one process" in (run_dir / "report" / name).read_text()
+
+
+def test_report_and_export_best_follow_the_re_measured_figures(run_dir, tmp_path) -> None:
+    """Planted figures that reverse the journaled latency order of the front: the report's
+    value lines and ``export --best latency`` follow them; without them, the journal, said so."""
+    from petra_hw.report.build import build_document, build_run
+    from petra_hw.report.schema import validate
+
+    with Store(run_dir / JOURNAL_NAME) as store:
+        (record,) = store.runs()
+    final = record.stats["remeasured_final"]
+    journaled = build_run(run_dir)
+    by_id = {e["id"]: e for e in [*journaled["evaluations"], *journaled["references"]]}
+    # every ok front point within a 100% budget; their latencies reversed, the peers' kept
+    front = sorted(
+        (by_id[i] for i in journaled["front"] if by_id[i]["ok"]),
+        key=lambda e: e["objectives"]["latency_ms"],
+    )
+    reversed_ms = [e["objectives"]["latency_ms"] for e in front][::-1]
+    planted = {
+        **final,
+        "front": {e["id"]: {"latency_ms": ms, "throughput_ips": 1000 / ms} for e, ms in
+                  zip(front, reversed_ms, strict=True) if e["id"] != final["original_id"]},
+    }  # fmt: skip
+    original_ms = dict(zip([e["id"] for e in front], reversed_ms, strict=True)).get(
+        final["original_id"], final["original_latency_ms"]
+    )
+    planted["original_latency_ms"] = original_ms
+    planted["original_throughput_ips"] = 1000 / original_ms
+    assert len(front) >= 2, "the planted swap needs two front points to tell the sources apart"
+    fastest = front[-1]["id"]  # slowest in the journal, fastest as planted
+    with _planted_run(run_dir, planted, max_quality_drop=1.0):
+        run = build_run(run_dir)
+        assert validate(build_document([run_dir]))
+        assert run["value_figures"]["source"] == "re-measured"
+        latency = run["value"][0]
+        assert run["best"]["latency_ms"] == latency["best"] == fastest
+        assert latency["best_value"] == pytest.approx(front[0]["objectives"]["latency_ms"])
+        out = tmp_path / "remeasured"
+        assert main(["export", str(run_dir), "--best", "latency", "--out", str(out)]) == 0
+        (folder,) = out.glob("*/*-*")
+        assert folder.name.endswith(fastest)
+    with _planted_run(run_dir, {"skipped": "the run was made with --no-remeasure"}, 1.0):
+        run = build_run(run_dir)
+        assert run["value_figures"]["source"] == "journaled"
+        assert "--no-remeasure" in run["value_figures"]["note"]
+        assert run["best"]["latency_ms"] == front[0]["id"]  # the journal's fastest
+        out = tmp_path / "journaled"
+        assert main(["export", str(run_dir), "--best", "latency", "--out", str(out)]) == 0
+        (folder,) = out.glob("*/*-*")
+        assert folder.name.endswith(front[0]["id"])
+        assert main(["report", str(run_dir)]) == 0
+        md = (run_dir / "report" / "report.md").read_text()
+        assert "journaled figures (each timed alone, at its own moment)" in md
+        assert "--no-remeasure" in md
