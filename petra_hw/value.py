@@ -139,7 +139,7 @@ def final_figures(
     missing = [e for e in compared(front, references) if e.candidate.id not in values]
     if missing:
         named = "; ".join(
-            f"{_label(e)}" + (f" ({failed[e.candidate.id]})" if e.candidate.id in failed else "")
+            _label(e) + (f" ({failed[e.candidate.id]})" if e.candidate.id in failed else "")
             for e in missing
         )
         return journaled(f"the final interleaved re-measurement lacks {named}")
