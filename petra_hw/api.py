@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from petra_hw.profiles import DeviceProfile
     from petra_hw.search.tune import TuneProgress, TuneResult, TuneSettings
     from petra_hw.search.types import Evaluation
+    from petra_hw.value import Figures
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,21 @@ class Run:
     def references(self) -> list[Evaluation]:
         return self.result.references
 
+    @property
+    def figures(self) -> Figures:
+        """The timed figures ``best`` and the value lines rank on: the run's final interleaved
+        re-measurement, or the journaled figures with the reason (``Figures.note``)."""
+        from petra_hw.value import final_figures
+
+        record = self.result.stats.get("remeasured_final")
+        return final_figures(record, self.result.front, self.result.references)
+
     def best(
         self, objective: str = "latency_ms", max_quality_drop: float | None = None
     ) -> Evaluation | None:
         """The front point with the best ``objective`` (latency, size, throughput) whose val
-        quality drop is within ``max_quality_drop`` (default: the run's quality budget)."""
+        quality drop is within ``max_quality_drop`` (default: the run's quality budget), ranked
+        on ``figures`` as ``petra-hw export --best`` ranks; the journaled evaluation is returned."""
         from petra_hw.value import best_within, objective_name, quality_budget
 
         try:
@@ -143,7 +154,11 @@ class Run:
         budget = quality_budget(
             config.max_quality_drop if max_quality_drop is None else max_quality_drop
         )
-        return best_within(self.result.front, name, self.result.objectives, budget)
+        pool = self.figures.apply(self.result.front)
+        chosen = best_within(pool, name, self.result.objectives, budget)
+        if chosen is None:
+            return None
+        return next(e for e in self.result.front if e.candidate.id == chosen.candidate.id)
 
     def report(self, path: str | Path | None = None) -> dict[str, Path]:
         """Write report.json / report.md / report.html (default: into the run folder)."""

@@ -33,6 +33,7 @@ class Exported:
     pipeline: str
     backend: str
     precision: str
+    chosen_on: str = ""  # with ``best``: which figures ranked it (``value.Figures.note``)
 
 
 def _slug(text: str, limit: int = 48) -> str:
@@ -230,6 +231,7 @@ def export_runs(
                 ev["pipeline"],
                 ev["backend"],
                 ev["precision"],
+                run["value_figures"]["note"] if best is not None else "",
             )
         )
         log.info("exported %s to %s", ev["pipeline"], dest)

@@ -48,15 +48,28 @@ def measure_interleaved(
     inputs: np.ndarray,
     batches: tuple[int, ...] = (1, 32),
     rounds: int = 12,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, Timed]:
-    """Round-robin timing of every artifact (label -> folder) on real ``inputs``."""
+    """Round-robin timing of every artifact (label -> folder) on real ``inputs``.
+
+    With ``failures`` given, an artifact that does not load is recorded there (label -> reason)
+    and left out, so one broken folder does not cost the others their comparison; without it,
+    the error is raised."""
     from petra_hw.artifact import read_artifact
     from petra_hw.backend import get_backend
 
     runners = {}
     for label, path in artifacts.items():
-        artifact = read_artifact(path)
-        runners[label] = get_backend(artifact.backend).load(artifact, profile)
+        try:
+            artifact = read_artifact(path)
+            runners[label] = get_backend(artifact.backend).load(artifact, profile)
+        except Exception as exc:  # recorded with its reason when the caller asks, else raised
+            if failures is None:
+                raise
+            failures[label] = f"{type(exc).__name__}: {exc}"
+            log.warning("interleaved timing leaves out %s: %s", label, failures[label])
+    if not runners:
+        return {}
     data = {b: tiled(inputs, b) for b in batches}
     samples: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batches} for k in runners}
     labels = list(runners)

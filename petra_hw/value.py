@@ -9,13 +9,24 @@ A comparison puts that artifact beside the best *peer* within the same budget (a
 more than the budget is no alternative a user would deploy either); when no peer is within budget
 the best peer over it is shown and the line says so.  The ratio reads "how many times better than
 the peer", >1 when petra-hw wins.
+
+*Which figures.*  Peers are timed at the run's start, front points minutes or hours later, each in
+its own process: on a noisy host a ratio of two such figures measures the machine as much as the
+models.  The tune loop therefore re-times the Original, the front and every reference interleaved
+in one process before it reports (``search.remeasure``), and the comparisons, the best artifact per
+objective and ``--best`` rank on those figures (``final_figures``).  When that re-measurement is
+off, failed or left out an artifact that could be compared, every figure falls back to the
+journaled ones, never a mix in one ratio, and ``Figures.note`` says which were used and why.  Size
+is bytes on disk, the same in both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from petra_hw.references import CONTROL
 from petra_hw.search.objectives import Objectives
@@ -64,6 +75,86 @@ def best_within(
 def peers(references: Iterable[Evaluation]) -> list[Evaluation]:
     """The one-shot recipes among the references (the training control is not a peer)."""
     return [r for r in references if r.candidate.reference != CONTROL]
+
+
+REMEASURED = "re-measured"
+JOURNALED = "journaled"
+TIMED = ("latency_ms", "throughput_ips")  # the objectives a re-measurement re-times
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The timed figures a run's comparisons use: re-measured interleaved (``values``, by
+    candidate id) or, when that cannot cover every artifact compared, the journaled ones."""
+
+    source: str  # REMEASURED | JOURNALED
+    note: str  # which figures, and why (printed by the summary, written in every report)
+    values: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+    def apply(self, evaluations: Iterable[Evaluation]) -> list[Evaluation]:
+        """Copies of ``evaluations`` whose timed objectives are the re-measured ones."""
+        if self.source != REMEASURED:
+            return list(evaluations)
+        return [
+            dataclasses.replace(e, objectives={**e.objectives, **self.values[e.candidate.id]})
+            if e.candidate.id in self.values
+            else e
+            for e in evaluations
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "note": self.note}
+
+
+def compared(front: Iterable[Evaluation], references: Iterable[Evaluation]) -> list[Evaluation]:
+    """Every artifact a comparison or ``--best`` may pick: the front and the measured peers."""
+    return [e for e in [*front, *peers(references)] if e.ok and e.artifact]
+
+
+def final_figures(
+    record: dict[str, Any] | None, front: Sequence[Evaluation], references: Sequence[Evaluation]
+) -> Figures:
+    """The run's final interleaved re-measurement (``stats.remeasured_final``) as figures, when
+    it timed every artifact in ``compared(front, references)``; else journaled, with the reason."""
+
+    def journaled(why: str) -> Figures:
+        return Figures(JOURNALED, f"journaled figures (each timed alone, at its own moment): {why}")
+
+    if not record:
+        return journaled("no final interleaved re-measurement was recorded (run not finished?)")
+    if record.get("skipped"):
+        return journaled(str(record["skipped"]))
+    if record.get("error"):
+        return journaled(f"the final interleaved re-measurement failed: {record['error']}")
+    values: dict[str, dict[str, float]] = {}
+    if record.get("original_id") and record.get("original_throughput_ips") is not None:
+        values[record["original_id"]] = {
+            "latency_ms": record["original_latency_ms"],
+            "throughput_ips": record["original_throughput_ips"],
+        }
+    for row_id, row in [*record.get("front", {}).items(), *record.get("references", {}).items()]:
+        if all(row.get(n) is not None for n in TIMED):
+            values[row_id] = {n: float(row[n]) for n in TIMED}
+    failed = record.get("failed", {})
+    missing = [e for e in compared(front, references) if e.candidate.id not in values]
+    if missing:
+        named = "; ".join(
+            _label(e) + (f" ({failed[e.candidate.id]})" if e.candidate.id in failed else "")
+            for e in missing
+        )
+        return journaled(f"the final interleaved re-measurement lacks {named}")
+    return Figures(
+        REMEASURED,
+        f"re-measured interleaved in one process ({record.get('rounds', '?')} rounds, the "
+        "Original, the front and the references round-robin); size is bytes on disk",
+        values,
+    )
+
+
+def _label(ev: Evaluation) -> str:
+    return (
+        f"ref: {ev.candidate.reference}" if ev.candidate.reference else str(ev.candidate.pipeline)
+    )
 
 
 @dataclass(frozen=True)
@@ -117,8 +208,12 @@ def compare(
     objectives: Objectives,
     budget: float,
     names: Iterable[str] = tuple(BEST_BY),
+    figures: Figures | None = None,
 ) -> list[Comparison]:
-    """One comparison per objective: best front point within budget vs the best peer."""
+    """One comparison per objective: best front point within budget vs the best peer, on
+    ``figures`` (default: the journaled ones)."""
+    if figures is not None:
+        front, references = figures.apply(front), figures.apply(references)
     ok_peers = [p for p in peers(references) if p.ok]
     out = []
     for name in names:

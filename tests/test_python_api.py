@@ -8,6 +8,7 @@ measurement profile, no references).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -66,11 +67,22 @@ def test_tune_in_process_best_report_export(suite, tmp_path) -> None:
     assert settings["suite"].endswith("api_suite.py:make_suite")
     best = run.best("latency", max_quality_drop=0.5)
     assert best is not None and best in run.front
+    assert run.figures.source == "re-measured"  # ranked on the final interleaved figures
     assert run.original.quality["val"] > 0.8  # the user's trained model is the baseline
     assert run.report()["markdown"].is_file()
     [exported] = run.export(tmp_path / "deploy", best="latency")
     outputs = petra_hw.load(exported.path)(np.zeros((2, 1, 8, 8), dtype=np.float32))
     assert np.asarray(outputs).shape == (2, 10)
+
+
+def test_a_tune_without_the_final_remeasure_says_its_figures_are_journaled(suite, tmp_path) -> None:
+    run = petra_hw.tune(suite, device=FAST, out=tmp_path / "runs", **{**TINY, "remeasure": False})
+    assert run.result.stats["remeasured_final"] == {
+        "skipped": "the run was made with --no-remeasure"
+    }
+    assert run.figures.source == "journaled" and "--no-remeasure" in run.figures.note
+    document = json.loads(run.report()["json"].read_text())
+    assert document["runs"][0]["value_figures"] == run.figures.to_json()
 
 
 def test_python_suite_tunes_with_two_local_workers(suite, tmp_path) -> None:

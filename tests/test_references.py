@@ -7,6 +7,8 @@ real (their backend is not the device's) while the ORT peers and the control are
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,220 @@ def test_peers_refuses_an_unknown_device_in_one_line(tmp_path, capsys) -> None:
     assert main(["peers", "--device", "no-such-device", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("petra-hw: error:")
+
+
+# -- value lines compare re-measured figures ------------------------------------------------------
+def _point(q: float, latency: float, pipeline: str = "", ref: str | None = None) -> Evaluation:
+    """A planted evaluation with an artifact (so it may be compared) and its own id."""
+    return Evaluation(
+        Candidate(Pipeline.parse(pipeline) if pipeline else Pipeline.make(), 1, None, None, ref),
+        objectives={"quality_val": q, "latency_ms": latency, "size_bytes": 1e5,
+                    "throughput_ips": 1000 / latency},
+        quality={"val": q, "test": q},
+        artifact="planted",
+    )  # fmt: skip
+
+
+def _remeasured(original: Evaluation, latencies: list[tuple[Evaluation, float]]) -> dict:
+    """A final re-measurement record as ``search.remeasure`` writes it, with planted figures."""
+    record: dict = {
+        "rounds": 5,
+        "original_id": original.candidate.id,
+        "original_latency_ms": 1.0,
+        "original_throughput_ips": 1000.0,
+        "front": {},
+        "references": {},
+    }
+    for ev, ms in latencies:
+        part = "references" if ev.candidate.reference else "front"
+        record[part][ev.candidate.id] = {"latency_ms": ms, "throughput_ips": 1000 / ms}
+    return record
+
+
+@pytest.fixture()
+def planted():
+    """Journaled figures say PTQ wins 2x over ort-x86; the interleaved ones say Pr - PTQ wins
+    1.25x (PTQ is slower than the peer there)."""
+    original = _point(0.90, 1.0)
+    ptq = _point(0.899, 0.4, "PTQ")
+    pruned = _point(0.898, 0.5, "Pr(ratio=0.5) - PTQ")
+    peer = _point(0.899, 0.8, ref="ort-x86")
+    control = _point(0.95, 1.0, "Tr(epochs=3)", ref=CONTROL)
+    record = _remeasured(original, [(ptq, 0.9), (pruned, 0.6), (peer, 0.75), (control, 1.1)])
+    return original, [original, ptq, pruned], [peer, control], record
+
+
+def test_value_lines_use_the_re_measured_figures_never_a_mix(planted) -> None:
+    from petra_hw.value import REMEASURED, final_figures
+
+    original, front, refs, record = planted
+    objectives = Objectives(ObjectiveConfig(), original)
+    figures = final_figures(record, front, refs)
+    assert figures.source == REMEASURED and "interleaved" in figures.note
+    latency, _, throughput = compare(front, refs, objectives, 0.01, figures=figures)
+    assert latency.best.candidate.id == front[2].candidate.id  # Pr - PTQ, not PTQ
+    assert latency.ratio == pytest.approx(0.75 / 0.6)
+    assert "0.600 ms vs 0.750 ms (ort-x86): 1.25x" in latency.line()
+    assert throughput.ratio == pytest.approx((1000 / 0.6) / (1000 / 0.75))
+    journaled = compare(front, refs, objectives, 0.01)[0]  # what the journal alone would claim
+    assert journaled.best is front[1] and journaled.ratio == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda r: {"skipped": "the run was made with --no-remeasure"}, "--no-remeasure"),
+        (lambda r: {"error": "the Original's artifact is not on this machine"}, "failed"),
+        (lambda r: None, "no final interleaved re-measurement"),
+        # the peer failed to load: its figure would be journaled, so every figure is
+        (
+            lambda r: {
+                **r,
+                "references": {},
+                "failed": {"ref-ort-x86": "RuntimeError: broken model"},
+            },
+            "lacks ref: ort-x86 (RuntimeError: broken model)",
+        ),
+        (lambda r: {**r, "front": {}}, "lacks PTQ"),  # an older record, or a stale one
+    ],
+)
+def test_without_a_complete_re_measurement_all_figures_are_journaled_and_said_so(
+    planted, change, reason
+) -> None:
+    from petra_hw.value import JOURNALED, final_figures
+
+    original, front, refs, record = planted
+    figures = final_figures(change(record), front, refs)
+    assert figures.source == JOURNALED and reason in figures.note
+    assert figures.note.startswith("journaled figures")
+    latency = compare(front, refs, Objectives(ObjectiveConfig(), original), 0.01, figures=figures)[
+        0
+    ]
+    assert latency.best is front[1] and latency.ratio == pytest.approx(2.0)
+
+
+def test_run_best_ranks_on_the_re_measured_figures(planted, tmp_path) -> None:
+    from petra_hw.api import Run
+    from petra_hw.search.tune import TuneResult
+
+    original, front, refs, record = planted
+    objectives = Objectives(ObjectiveConfig(), original)
+
+    def run(final: dict | None) -> Run:
+        stats = {"remeasured_final": final}
+        return Run(TuneResult("r", tmp_path, original, front, front, objectives, "", stats, refs))
+
+    best = run(record).best("latency")
+    assert best is front[2] and best.objectives["latency_ms"] == 0.5  # the journaled evaluation
+    assert run(record).best("throughput") is front[2]
+    skipped = run({"skipped": "the run was made with --no-remeasure"})
+    assert skipped.best("latency") is front[1] and "--no-remeasure" in skipped.figures.note
+
+
+@contextmanager
+def _planted_run(run_dir: Path, final: dict | None, max_quality_drop: float | None = None):
+    """The run's journal with ``stats.remeasured_final`` (and the budget) replaced, restored on
+    exit: the run's own figures and choices stay what the other tests read."""
+    journal = run_dir / JOURNAL_NAME
+    conn = sqlite3.connect(journal)
+    try:
+        run_id, stats, settings = conn.execute("SELECT id, stats, settings FROM runs").fetchone()
+        planted_stats = {**json.loads(stats), "remeasured_final": final}
+        planted_settings = {**json.loads(settings), "max_quality_drop": max_quality_drop}
+        with conn:
+            conn.execute(
+                "UPDATE runs SET stats=?, settings=? WHERE id=?",
+                (json.dumps(planted_stats), json.dumps(planted_settings), run_id),
+            )
+        yield
+    finally:
+        with conn:
+            conn.execute(
+                "UPDATE runs SET stats=?, settings=? WHERE id=?", (stats, settings, run_id)
+            )
+        conn.close()
+
+
+def test_the_run_re_measures_its_references_and_reports_on_those_figures(run_dir) -> None:
+    from petra_hw.report.build import build_run
+
+    with Store(run_dir / JOURNAL_NAME) as store:
+        (record,) = store.runs()
+    final = record.stats["remeasured_final"]
+    refs = _references(run_dir)
+    assert set(final["references"]) == {  # every reference that built: peers and the control
+        e.candidate.id for e in refs.values() if e.ok
+    }
+    assert Path(final["samples_path"]).is_file()
+    run = build_run(run_dir)
+    assert run["value_figures"]["source"] == "re-measured"
+    rows = {
+        final["original_id"]: {
+            "latency_ms": final["original_latency_ms"],
+            "throughput_ips": final["original_throughput_ips"],
+        },
+        **final["front"],
+        **final["references"],
+    }
+    for v in run["value"]:
+        if v["objective"] != "size_bytes" and v["best"] and v["peer"]:
+            assert v["best_value"] == pytest.approx(rows[v["best"]][v["objective"]])
+            assert v["peer_value"] == pytest.approx(rows[f"ref-{v['peer']}"][v["objective"]])
+    assert main(["report", str(run_dir)]) == 0
+    for name in ("report.md", "report.html"):
+        assert "re-measured interleaved in one process" in (run_dir / "report" / name).read_text()
+
+
+def test_report_and_export_best_follow_the_re_measured_figures(run_dir, tmp_path) -> None:
+    """Planted figures that reverse the journaled latency order of the front: the report's
+    value lines and ``export --best latency`` follow them; without them, the journal, said so."""
+    from petra_hw.report.build import build_document, build_run
+    from petra_hw.report.schema import validate
+
+    with Store(run_dir / JOURNAL_NAME) as store:
+        (record,) = store.runs()
+    final = record.stats["remeasured_final"]
+    journaled = build_run(run_dir)
+    by_id = {e["id"]: e for e in [*journaled["evaluations"], *journaled["references"]]}
+    # every ok front point within a 100% budget; their latencies reversed, the peers' kept
+    front = sorted(
+        (by_id[i] for i in journaled["front"] if by_id[i]["ok"]),
+        key=lambda e: e["objectives"]["latency_ms"],
+    )
+    reversed_ms = [e["objectives"]["latency_ms"] for e in front][::-1]
+    planted = {
+        **final,
+        "front": {e["id"]: {"latency_ms": ms, "throughput_ips": 1000 / ms} for e, ms in
+                  zip(front, reversed_ms, strict=True) if e["id"] != final["original_id"]},
+    }  # fmt: skip
+    original_ms = dict(zip([e["id"] for e in front], reversed_ms, strict=True)).get(
+        final["original_id"], final["original_latency_ms"]
+    )
+    planted["original_latency_ms"] = original_ms
+    planted["original_throughput_ips"] = 1000 / original_ms
+    assert len(front) >= 2, "the planted swap needs two front points to tell the sources apart"
+    fastest = front[-1]["id"]  # slowest in the journal, fastest as planted
+    with _planted_run(run_dir, planted, max_quality_drop=1.0):
+        run = build_run(run_dir)
+        assert validate(build_document([run_dir]))
+        assert run["value_figures"]["source"] == "re-measured"
+        latency = run["value"][0]
+        assert run["best"]["latency_ms"] == latency["best"] == fastest
+        assert latency["best_value"] == pytest.approx(front[0]["objectives"]["latency_ms"])
+        out = tmp_path / "remeasured"
+        assert main(["export", str(run_dir), "--best", "latency", "--out", str(out)]) == 0
+        (folder,) = out.glob("*/*-*")
+        assert folder.name.endswith(fastest)
+    with _planted_run(run_dir, {"skipped": "the run was made with --no-remeasure"}, 1.0):
+        run = build_run(run_dir)
+        assert run["value_figures"]["source"] == "journaled"
+        assert "--no-remeasure" in run["value_figures"]["note"]
+        assert run["best"]["latency_ms"] == front[0]["id"]  # the journal's fastest
+        out = tmp_path / "journaled"
+        assert main(["export", str(run_dir), "--best", "latency", "--out", str(out)]) == 0
+        (folder,) = out.glob("*/*-*")
+        assert folder.name.endswith(front[0]["id"])
+        assert main(["report", str(run_dir)]) == 0
+        md = (run_dir / "report" / "report.md").read_text()
+        assert "journaled figures (each timed alone, at its own moment)" in md
+        assert "--no-remeasure" in md

@@ -47,5 +47,10 @@ def run(args: argparse.Namespace) -> int:
             rows,
         )
     )
+    for e in exported:
+        if e.chosen_on:
+            console.print(
+                f"{e.candidate}: best {args.best} within the quality budget on {e.chosen_on}"
+            )
     console.print('load with petra_hw.load("<folder>"); each folder\'s README.md shows how')
     return 0

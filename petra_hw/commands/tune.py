@@ -265,7 +265,7 @@ def _name(ev) -> str:
 
 def _summary(result) -> None:
     from petra_hw.report.markdown import guide_line
-    from petra_hw.value import compare, quality_budget, undertrained, within_budget
+    from petra_hw.value import compare, final_figures, quality_budget, undertrained, within_budget
 
     o = result.original
     objectives = result.objectives
@@ -315,15 +315,17 @@ def _summary(result) -> None:
             console.print(
                 f"[red]✗[/] reference {ev.candidate.reference}: {ev.error_kind}: {ev.error}"
             )
+    stats = result.stats
+    figures = final_figures(stats.get("remeasured_final"), result.front, result.references)
     console.print(
-        f"best within the quality budget ({budget:.1%} of the Original's val metric) vs the best peer:"
+        f"best within the quality budget ({budget:.1%} of the Original's val metric) vs the best "
+        f"peer, on {figures.note}:"
     )
-    for c in compare(result.front, result.references, objectives, budget):
+    for c in compare(result.front, result.references, objectives, budget, figures=figures):
         console.print(f"  {c.line()}")
     warning = undertrained(o, result.references, objectives.config.higher_is_better)
     if warning:
         console.print(f"[yellow]warning:[/] {warning}")
-    stats = result.stats
     cache = stats.get("prefix_cache", {})
     errors_by_kind = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("errors", {}).items()))
     fid = stats.get("fidelity", {})
@@ -333,9 +335,10 @@ def _summary(result) -> None:
         else ""
     )
     final = stats.get("remeasured_final") or {}
-    for row in final.get("front", {}).values():
+    for row in [*final.get("front", {}).values(), *final.get("references", {}).values()]:
+        name = f"ref: {row['reference']}" if row.get("reference") else row["pipeline"]
         console.print(
-            f"  interleaved re-measure: {row['pipeline']} at {row['latency_ratio']:.2f}x the "
+            f"  interleaved re-measure: {name} at {row['latency_ratio']:.2f}x the "
             f"Original's batch-1 latency (journaled {row['journaled_ratio']:.2f}x)"
         )
     console.print(guide_line(stats))

@@ -21,17 +21,24 @@ import numpy as np
 from petra_hw import __version__
 from petra_hw.errors import UserError
 from petra_hw.references import get_recipe
+from petra_hw.report.schema import SCHEMA_VERSION
 from petra_hw.search.budget import BUDGET
 from petra_hw.search.objectives import Objectives
 from petra_hw.search.selection import pareto_front
 from petra_hw.search.store import JOURNAL_NAME, Store
 from petra_hw.search.tune import TuneSettings
 from petra_hw.search.types import Evaluation
-from petra_hw.value import compare, quality_budget, undertrained, within_budget
+from petra_hw.value import (
+    JOURNALED,
+    compare,
+    final_figures,
+    quality_budget,
+    undertrained,
+    within_budget,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: references, quality budget, value comparisons
 SELECTION_SPLIT = "val"  # the search ranks on val ...
 REPORT_SPLIT = "test"  # ... and reports give test (ARCHITECTURE: splits contract)
 
@@ -176,12 +183,21 @@ def _value(
     objectives: Objectives | None,
     budget: float,
     metric: dict[str, Any],
+    remeasured: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The best artifact within budget per objective, each beside the best peer, and the
+    """The best artifact within budget per objective, each beside the best peer, on the final
+    interleaved re-measurement where it covers them (else journaled figures, said so), and the
     training control's verdict on the baseline."""
     if objectives is None or original is None:
-        return {"best": {}, "value": [], "warnings": []}
-    comparisons = compare(front, references, objectives, budget)
+        why = "no Original was measured: nothing to compare"
+        return {
+            "best": {},
+            "value": [],
+            "value_figures": {"source": JOURNALED, "note": why},
+            "warnings": [],
+        }
+    figures = final_figures(remeasured, front, references)
+    comparisons = compare(front, references, objectives, budget, figures=figures)
     warning = undertrained(original, references, metric["higher_is_better"])
     return {
         "best": {c.objective: c.best.candidate.id for c in comparisons if c.best is not None},
@@ -191,11 +207,14 @@ def _value(
                 "best": None if c.best is None else c.best.candidate.id,
                 "peer": None if c.peer is None else c.peer.candidate.reference,
                 "peer_within_budget": c.peer_within_budget,
+                "best_value": None if c.best is None else c.best.objectives[c.objective],
+                "peer_value": None if c.peer is None else c.peer.objectives[c.objective],
                 "ratio": c.ratio,
                 "line": c.line(),
             }
             for c in comparisons
         ],
+        "value_figures": figures.to_json(),
         "warnings": [warning] if warning else [],
     }
 
@@ -237,7 +256,15 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
     front.sort(key=lambda e: e.objectives.get("latency_ms", math.inf))
     front_ids = {e.candidate.id for e in front}
     budget = quality_budget(settings.get("max_quality_drop"))
-    value = _value(original, front, references, objectives, budget, metric)
+    value = _value(
+        original,
+        front,
+        references,
+        objectives,
+        budget,
+        metric,
+        record.stats.get("remeasured_final"),
+    )
     fp = record.fingerprint
     return finite(
         {

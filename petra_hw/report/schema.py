@@ -14,6 +14,7 @@ from petra_hw.errors import UserError
 
 log = logging.getLogger(__name__)
 
+SCHEMA_VERSION = 3  # 2: references, quality budget, value comparisons; 3: value_figures
 _NUM = {"type": ["number", "null"]}
 _STR = {"type": ["string", "null"]}
 _NUM_MAP = {"type": "object", "additionalProperties": _NUM}
@@ -134,12 +135,23 @@ _REFERENCE = {
 
 _COMPARISON = {
     "type": "object",
-    "required": ["objective", "best", "peer", "peer_within_budget", "ratio", "line"],
+    "required": [
+        "objective",
+        "best",
+        "peer",
+        "peer_within_budget",
+        "best_value",
+        "peer_value",
+        "ratio",
+        "line",
+    ],
     "properties": {
         "objective": {"enum": ["latency_ms", "size_bytes", "throughput_ips"]},
         "best": _STR,
         "peer": _STR,
         "peer_within_budget": {"type": "boolean"},
+        "best_value": _NUM,
+        "peer_value": _NUM,
         "ratio": _NUM,
         "line": {"type": "string"},
     },
@@ -169,6 +181,7 @@ _RUN = {
         "quality_budget",
         "best",
         "value",
+        "value_figures",
         "warnings",
         "hypervolume",
     ],
@@ -206,6 +219,15 @@ _RUN = {
         "quality_budget": {"type": "number", "minimum": 0},
         "best": {"type": "object", "additionalProperties": {"type": "string"}},
         "value": {"type": "array", "items": _COMPARISON},
+        # which timed figures the value lines and "best" compare, and why
+        "value_figures": {
+            "type": "object",
+            "required": ["source", "note"],
+            "properties": {
+                "source": {"enum": ["re-measured", "journaled"]},
+                "note": {"type": "string"},
+            },
+        },
         "warnings": {"type": "array", "items": {"type": "string"}},
         "hypervolume": {
             "type": "array",
@@ -230,7 +252,7 @@ SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema_version", "generated", "petra_hw_version", "runs"],
     "properties": {
-        "schema_version": {"const": 2},
+        "schema_version": {"const": SCHEMA_VERSION},
         "generated": {"type": "string"},
         "petra_hw_version": {"type": "string"},
         "runs": {"type": "array", "minItems": 1, "items": _RUN},

@@ -151,9 +151,10 @@ def _notes(runs: list[dict[str, Any]], labels: list[str]) -> list[str]:
             + "."
         )
         if run.get("value"):
+            figures = run.get("value_figures", {}).get("note", "journaled figures")
             notes.append(
                 f"{label}: best within the quality budget ({run['quality_budget']:.1%} of the "
-                "Original's val metric) vs the best peer: "
+                f"Original's val metric) vs the best peer, on {figures}: "
                 + "; ".join(v["line"] for v in run["value"])
             )
         notes += [f"{label}: warning: {w}" for w in run.get("warnings", [])]

@@ -584,15 +584,28 @@ class _Session:
         )
 
     def _remeasure(self, profile: DeviceProfile, front: list[Evaluation], *, final: bool) -> None:
-        """Re-time the Original with ``front`` interleaved (``search.remeasure``) and record it;
-        a failure is recorded with its reason, never the run's end."""
-        from petra_hw.search.remeasure import remeasure
+        """Re-time the Original with ``front`` (and, when ``final``, every reference)
+        interleaved (``search.remeasure``) and record it; a failure is recorded with its reason,
+        never the run's end, and so is a final re-measurement that is off."""
+        from petra_hw.search.remeasure import SAMPLES_NAME, remeasure
 
-        if not self.settings.remeasure or self.original is None:
+        if not self.settings.remeasure:
+            if final:  # the value lines then say why they compare journaled figures
+                self.remeasured_final = {"skipped": "the run was made with --no-remeasure"}
+            return
+        if self.original is None:
             return
         t = time.monotonic()
         try:
-            record = remeasure(self.original, front, profile, self._calib_inputs(), final=final)
+            record = remeasure(
+                self.original,
+                front,
+                profile,
+                self._calib_inputs(),
+                final=final,
+                references=list(self.references.values()) if final else (),
+                samples_path=self.run_dir / SAMPLES_NAME if final else None,
+            )
         except Exception as exc:
             log.warning("interleaved re-measurement failed: %s", exc)
             record = {"error": f"{type(exc).__name__}: {exc}"}
@@ -643,9 +656,10 @@ class _Session:
         if s.budget_s is None or not hasattr(executor, "budget"):
             return
         reserve = 0.0
-        if s.remeasure:
+        if s.remeasure:  # the Original, a population's worth of front and every reference
             per_artifact = 2 * profile.measurement.min_time_s  # batch 1 and the largest batch
-            reserve = min(0.05 * s.budget_s, (1 + s.population) * per_artifact)
+            artifacts = 1 + s.population + len(self.references)
+            reserve = min(0.05 * s.budget_s, artifacts * per_artifact)
         deadline = time.monotonic() + s.budget_s - reserve - self.search_elapsed()
         executor.budget = BudgetGate(deadline, lambda c: expected_seconds(c, self.journal))
 
