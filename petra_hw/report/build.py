@@ -27,7 +27,13 @@ from petra_hw.search.selection import pareto_front
 from petra_hw.search.store import JOURNAL_NAME, Store
 from petra_hw.search.tune import TuneSettings
 from petra_hw.search.types import Evaluation
-from petra_hw.value import compare, quality_budget, undertrained, within_budget
+from petra_hw.value import (
+    compare,
+    quality_budget,
+    slower_than_original,
+    undertrained,
+    within_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +117,12 @@ def _evaluation(
     names: tuple[str, ...],
     front: set[str],
     budget: float,
+    original_ms: float | None = None,
 ) -> dict[str, Any]:
     c = ev.candidate
+    slower = None
+    if ev.ok and original_ms is not None and c.pipeline.steps:
+        slower = slower_than_original(ev.objectives.get("latency_ms", 0.0), original_ms)
     normalized = {}
     over_budget = None
     if objectives is not None and ev.ok:
@@ -144,6 +154,7 @@ def _evaluation(
         "timings_s": dict(ev.timings_s),
         "cache_hit_steps": ev.cache_hit_steps,
         "step_notes": list(ev.step_notes),
+        "warnings": [slower] if slower else [],
     }
 
 
@@ -238,6 +249,7 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
     front_ids = {e.candidate.id for e in front}
     budget = quality_budget(settings.get("max_quality_drop"))
     value = _value(original, front, references, objectives, budget, metric)
+    original_ms = original.objectives.get("latency_ms") if original and original.ok else None
     fp = record.fingerprint
     return finite(
         {
@@ -263,7 +275,7 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
             "original": original.candidate.id if original is not None else None,
             "front": [e.candidate.id for e in front],
             "evaluations": [
-                _evaluation(i + 1, e, objectives, names, front_ids, budget)
+                _evaluation(i + 1, e, objectives, names, front_ids, budget, original_ms)
                 for i, e in enumerate(evaluations)
             ],
             "references": [
