@@ -84,6 +84,14 @@ def test_reg_trains_through_the_fast_path_and_gives_it_back(transformer) -> None
     assert effects[0].skipped == 4 and "MultiheadAttention" in effects[0].why_skipped
 
 
+@pytest.mark.parametrize("text", ["LR(threshold=0.6)", "Reg(epochs=1)"])
+def test_depthwise_convs_are_recorded_as_skipped(mobile, text) -> None:
+    effects: list = []
+    ctx = context(mobile, text, effects)
+    get_step(ctx.pipeline.steps[0].kind)(copy.deepcopy(mobile.model), ctx.pipeline.steps[0], ctx)
+    assert effects and effects[0].changed and "1 grouped or depthwise" in effects[0].why_skipped
+
+
 def test_guard_is_exact_without_changes() -> None:
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
     assert guard_fast_path(layer) == 0 and layer.activation_relu_or_gelu == 1

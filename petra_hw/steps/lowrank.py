@@ -297,6 +297,14 @@ def decompose_by_rule(
     return build_pair(dense, u[:, :r], s[:r], vh[:r])
 
 
+GROUPED_SKIP_REASON = "grouped or depthwise convs (no dense weight matrix to factorize)"
+
+
+def grouped_convs(model: nn.Module) -> int:
+    """Grouped and depthwise convs: LR leaves them (their weight is block-diagonal already)."""
+    return sum(type(m) in _CONVS and m.groups > 1 for m in model.modules())
+
+
 @register("LR")
 def lowrank_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     """Decompose every layer whose rule-selected rank lowers its cost; leave the rest."""
@@ -320,16 +328,21 @@ def lowrank_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     guard_fast_path(model)
     cheap = len(layers) - len(ranks)
     attention = attention_projections(model)
+    grouped = grouped_convs(model)
     why = f"not cheaper at the rank {rule}={threshold} selects"
     reasons = [f"{cheap} {why}"] if cheap else []
     if attention:
         reasons.append(f"{attention} {ATTENTION_SKIP_REASON}")
+    if grouped:
+        reasons.append(f"{grouped} {GROUPED_SKIP_REASON}")
     if not layers:
         ctx.record(StepEffect.no_op(step, "no Linear, Conv or Embedding layer to factorize"))
     elif not ranks:
         ctx.record(StepEffect.no_op(step, f"decomposed 0 of {len(layers)} layers: {why}"))
     elif reasons:
         ctx.record(
-            StepEffect(str(step), skipped=cheap + attention, why_skipped="; ".join(reasons))
+            StepEffect(
+                str(step), skipped=cheap + attention + grouped, why_skipped="; ".join(reasons)
+            )
         )
     return model

@@ -34,9 +34,11 @@ from petra_hw.steps.attention import (
 from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
 from petra_hw.steps.effects import StepEffect
 from petra_hw.steps.lowrank import (
+    GROUPED_SKIP_REASON,
     build_pair,
     dense_equivalent,
     factorizable_layers,
+    grouped_convs,
     is_lowrank_pair,
     pair_rank,
     replace_module,
@@ -198,11 +200,13 @@ def _orth_hoyer(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     for name, layer in zip(names, layers, strict=True):
         model = replace_module(model, name, layer.fold())
     guard_fast_path(model)  # plain layers again: the fast path is back
-    attention = attention_projections(model)
-    if attention:
-        ctx.record(
-            StepEffect(str(step), skipped=attention, why_skipped=ATTENTION_SKIP_REASON)
-        )
+    attention, grouped = attention_projections(model), grouped_convs(model)
+    reasons = [f"{attention} {ATTENTION_SKIP_REASON}"] if attention else []
+    if grouped:
+        reasons.append(f"{grouped} {GROUPED_SKIP_REASON}")
+    if reasons:
+        why = "; ".join(reasons)
+        ctx.record(StepEffect(str(step), skipped=attention + grouped, why_skipped=why))
     return model
 
 
