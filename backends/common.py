@@ -12,10 +12,18 @@ import platform
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
+from petra_hw.artifact import InputSpec
 from petra_hw.profiles import DeviceProfile
 from petra_hw.suite import Split
 
+# What a re-quantized QAT artifact records beside its quantization settings.
+QAT_REQUANTIZED = {
+    "weights": "QAT-trained (fake-quantized values)",
+    "requantized": "PTQ's QDQ placement; activation ranges calibrated on the calib split",
+}
 # Instructions that give x86 int8 dot products without the u8*s8 16-bit saturation of AVX2.
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
@@ -58,3 +66,23 @@ def calib_batches(calib: Split | None, batch_size: int = 32) -> list[np.ndarray]
             b = np.concatenate([b, x[: bs - len(b)]])
         batches.append(np.ascontiguousarray(b))
     return batches
+
+
+def qat_float_model(model: nn.Module, spec: InputSpec) -> nn.Module:
+    """The QAT-trained model as a float model for the CPU compilers to re-quantize.
+
+    NNCF's own QDQ export leaves most compute ops in float in ONNX Runtime and OpenVINO (e.g. 3 of
+    14 on a small Transformer, 13 of 53 on a MobileNetV2): its Q/DQ pairs sit where their fusers
+    do not look.  The CPU backends therefore take the trained weights (already on the INT8 grid)
+    and quantize them with the placement their PTQ uses, so a QAT artifact runs as many INT8 ops
+    as PTQ of the same model (docs/decisions.md).
+    """
+    from petra_hw.onnx_export import is_fake_quantized
+    from petra_hw.steps.qat import trained_float_model
+
+    if not is_fake_quantized(model):
+        raise ValueError(
+            "int8_mode 'qat' needs a fake-quantized model, but it has no QDQ quantizers"
+        )
+    example = torch.zeros(spec.sample_shape(1), dtype=torch.float32)
+    return trained_float_model(model, example)

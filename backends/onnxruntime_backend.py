@@ -4,8 +4,10 @@ CPU execution provider with the profile's thread count; on GPU profiles the CUDA
 provider alone, with ``session.disable_cpu_ep_fallback=1`` so that a session in which any node
 would run on the CPU provider is refused at creation (``onnxruntime-gpu`` imports fine without a
 GPU and would otherwise run everything, or single unsupported nodes, on the CPU), and the recorded
-node assignment checked once more after creation.  INT8 is static QDQ (PTQ), dynamic (PDQ) or the
-QAT model's own QDQ (see ``backends.ort_quantize``), on the CPU provider only: the CUDA provider has
+node assignment checked once more after creation.  INT8 is static QDQ (PTQ), dynamic (PDQ) or, for
+QAT, the trained weights re-quantized with PTQ's QDQ placement (``backends.common.qat_float_model``;
+the model's own QDQ only for TensorRT's GPU path; see ``backends.ort_quantize``), on the CPU
+provider only: the CUDA provider has
 no INT8 convolution kernels (``refusal``).  On CPU the artifact holds ORT's optimized graph, so what
 is shipped, counted and measured is what runs.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from backends.common import QAT_REQUANTIZED, qat_float_model
 from petra_hw.artifact import Artifact, write_artifact
 from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.onnx_export import export_onnx
@@ -171,6 +174,9 @@ def _transform(src: Path, dst: Path, request: CompileRequest) -> dict[str, objec
         return {"quantization": q.quantize_static_qdq(src, dst, request)}
     if mode == "dynamic":
         return {"quantization": q.quantize_dynamic_int8(src, dst, request)}
+    if mode == "qat" and not request.profile.is_gpu:  # re-quantized (``qat_float_model``)
+        info = q.quantize_static_qdq(src, dst, request)
+        return {"quantization": {**info, "mode": "qat", **QAT_REQUANTIZED}}
     if mode == "qat":
         info = q.check_qdq(src)
         shutil.copyfile(src, dst)
@@ -211,6 +217,8 @@ class OnnxRuntimeBackend(BaseBackend):
         reason = refusal(request.precision, request.intent.mode, request.profile)
         if reason:
             raise ValueError(reason)
+        if request.intent.mode == "qat" and not request.profile.is_gpu:
+            model = qat_float_model(model, request.input_spec)
         request.out_dir.mkdir(parents=True, exist_ok=True)
         target = request.out_dir / MODEL_FILE
         with tempfile.TemporaryDirectory(prefix="petra-ort-") as tmp:

@@ -1,9 +1,9 @@
 """openvino backend: OpenVINO IR run by the CPU plugin, at FP32, BF16 or INT8 (NNCF).
 
 The IR is converted from the shared ONNX export (``petra_hw.onnx_export``), not from the torch
-module: every ONNX-consuming backend then compiles the same graph, and a QAT model's QDQ pairs
-arrive as ``FakeQuantize`` ops that the CPU plugin runs in int8.  INT8 static is NNCF
-post-training quantization of the IR over the calib split.
+module: every ONNX-consuming backend then compiles the same graph.  INT8 static is NNCF
+post-training quantization of the IR over the calib split; a QAT model's trained weights are
+re-quantized the same way (``backends.common.qat_float_model``), so its INT8 ops are PTQ's.
 
 The CPU plugin picks its own inference precision (BF16 where the CPU has it) unless told, so
 every compile names ``INFERENCE_PRECISION_HINT`` (f32 for fp32 and for the float parts of int8,
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from backends.common import backend_settings
+from backends.common import QAT_REQUANTIZED, backend_settings, qat_float_model
 from petra_hw.artifact import Artifact, write_artifact
 from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.errors import UserError
@@ -159,13 +159,9 @@ def _prepare(model, request: CompileRequest, settings: dict[str, object]):
     mode = request.intent.mode
     if mode == "static":
         return _nncf_quantize(model, request, settings)
-    if mode == "qat":
-        fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-        if not fq:
-            raise ValueError(
-                "int8_mode 'qat' needs a fake-quantized model, but its IR has no FakeQuantize"
-            )
-        return model, {"mode": "qat", "fake_quantize_ops": fq}
+    if mode == "qat":  # the trained weights, re-quantized as PTQ would (``qat_float_model``)
+        quantized, info = _nncf_quantize(model, request, settings)
+        return quantized, {**info, "mode": "qat", **QAT_REQUANTIZED}
     raise UserError(
         f"openvino compiles int8 static (PTQ) or qat, not {mode!r}; use onnxruntime for PDQ"
     )
@@ -222,6 +218,8 @@ class OpenVinoBackend(BaseBackend):
                 "a bf16 artifact would run f32"
             )
         settings = backend_settings(request.profile, self.name)
+        if request.precision == "int8" and request.intent.mode == "qat":
+            model = qat_float_model(model, request.input_spec)
         with tempfile.TemporaryDirectory(prefix="petra-ov-") as tmp:
             onnx_path = export_onnx(model, request.input_spec, Path(tmp) / "export.onnx")
             ov_model = ov.convert_model(str(onnx_path))

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,6 +287,8 @@ class CompiledArtifact:
     intent: PrecisionIntent
     assessment: Assessment
     baseline_metrics: dict[str, float]
+    step_notes: list[str] = field(default_factory=list)  # what steps skipped, and why
+    warnings: list[str] = field(default_factory=list)  # e.g. slower than the Original
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -347,20 +349,49 @@ def compile_pipeline(
     """``compile``'s work once everything is resolved (the CLI calls this too)."""
     from petra_hw.assess import compile_model, judge
     from petra_hw.baseline import predict
+    from petra_hw.value import slower_than_original
 
     suite, splits, model = baseline.suite, baseline.splits, baseline.model
+    notes: list[str] = []
     if pipeline.steps:  # apply leaves the deploying quantization step to the compiler
         from petra_hw.apply import apply
 
-        model = apply(
+        applied = apply(
             pipeline, baseline, suite, channel_multiple=profile.channel_multiple, seed=seed
-        ).model
+        )
+        model, notes = applied.model, applied.notes
     reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
     artifact = compile_model(
         model, suite, splits, profile, backend, intent, out, pipeline=pipeline.to_json()
     )
     assessment = judge(artifact, suite, splits, profile, reference)
-    return CompiledArtifact(out, pipeline, intent, assessment, dict(baseline.metrics))
+    warnings: list[str] = []
+    if pipeline.steps or intent.precision != "fp32":
+        original_ms = original_latency_ms(baseline, profile, backend)
+        slower = slower_than_original(assessment.measurement.latency_ms, original_ms)
+        warnings = [slower] if slower else []
+        extra = {"original": {"backend": backend, "precision": "fp32", "latency_ms": original_ms}}
+        assessment.artifact = assessment.artifact.update(
+            **extra, step_notes=notes, warnings=warnings
+        )
+    return CompiledArtifact(
+        out, pipeline, intent, assessment, dict(baseline.metrics), notes, warnings
+    )
+
+
+def original_latency_ms(baseline: Baseline, profile: DeviceProfile, backend: str) -> float:
+    """The Original's batch-1 p50 latency on ``backend`` at fp32, measured as every candidate is
+    (its artifact is compiled into a temporary folder and dropped)."""
+    import tempfile
+
+    from petra_hw.assess import compile_model, judge
+
+    with tempfile.TemporaryDirectory(prefix="petra-original-") as tmp:
+        artifact = compile_model(
+            baseline.model, baseline.suite, baseline.splits, profile, backend, "fp32", Path(tmp)
+        )
+        assessed = judge(artifact, baseline.suite, baseline.splits, profile, None, ("val",))
+        return float(assessed.measurement.latency_ms)
 
 
 # -- profile -----------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from petra_hw.steps.attention import guard_fast_path
+
 FORMAT = 1
 
 
@@ -225,4 +227,5 @@ def load_model(path: Path, build_model: Callable[[], nn.Module]) -> tuple[nn.Mod
         raise SerializeError(f"{path} is not a petra-hw model file (format {FORMAT})")
     model = rebuild(json.loads(blob["spec"]), build_model())
     model.load_state_dict(blob["state"], strict=True)
+    guard_fast_path(model)  # a fresh build has every fast path on; the structure decides
     return model.eval(), json.loads(blob["meta"])

@@ -241,3 +241,15 @@ def undertrained(
         f"the Original looks under-trained: {control.candidate.pipeline} scores {q1:.4f} on test "
         f"against its {q0:.4f}; gains of pipelines with a training step may be training alone"
     )
+
+
+def slower_than_original(latency_ms: float, original_ms: float) -> str | None:
+    """The warning an artifact slower than the Original at batch 1 carries (p50 latency, same
+    backend, Original at fp32); None when it is not slower.  Compression that costs speed
+    (e.g. INT8 on a model too small for integer kernels to pay) must never pass unremarked."""
+    if not (latency_ms > original_ms > 0.0):
+        return None
+    return (
+        f"slower than the Original at batch 1: p50 {latency_ms:.4g} ms vs {original_ms:.4g} ms "
+        f"({latency_ms / original_ms:.2f}x)"
+    )

@@ -185,7 +185,7 @@ def qat_model(digits):
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_qat_compiles_without_requantizing(
+def test_qat_compiles_requantized_from_trained_weights(
     digits, qat_model, fast, reference, tmp_path, backend
 ) -> None:
     result = compile_and_judge(
@@ -194,7 +194,8 @@ def test_qat_compiles_without_requantizing(
     # QAT retrained the weights, so outputs move further from the FP32 baseline than PTQ's do.
     manifest = check_assessment(result, digits, "int8", 0.9, max_rel=1.0)
     assert manifest["quantization"]["mode"] == "qat"
-    assert manifest["op_counts"]["int8"] >= 3  # the convs run in integer from the trained scales
+    assert manifest["quantization"]["weights"].startswith("QAT-trained")
+    assert manifest["op_counts"]["int8"] >= 3 and manifest["op_counts"]["float"] == 0
 
 
 def test_qat_mode_refuses_a_float_model(digits, cpu_profile, tmp_path) -> None:

@@ -91,5 +91,9 @@ def _compile(
         f"{suite.metric.name} through the artifact (baseline test {baseline.metrics['test']:.4f})"
     )
     console.print(table(title, COLUMNS, [row]))
+    for note in compiled.step_notes:
+        console.print(f"note: {note}")
+    for warning in compiled.warnings:
+        console.print(f"warning: {warning}")
     console.print(f"artifact: {out}")
     return 0

@@ -33,6 +33,7 @@ from petra_hw.value import (
     compare,
     final_figures,
     quality_budget,
+    slower_than_original,
     undertrained,
     within_budget,
 )
@@ -118,8 +119,12 @@ def _evaluation(
     names: tuple[str, ...],
     front: set[str],
     budget: float,
+    original_ms: float | None = None,
 ) -> dict[str, Any]:
     c = ev.candidate
+    slower = None
+    if ev.ok and original_ms is not None and c.pipeline.steps:
+        slower = slower_than_original(ev.objectives.get("latency_ms", 0.0), original_ms)
     normalized = {}
     over_budget = None
     if objectives is not None and ev.ok:
@@ -151,6 +156,7 @@ def _evaluation(
         "timings_s": dict(ev.timings_s),
         "cache_hit_steps": ev.cache_hit_steps,
         "step_notes": list(ev.step_notes),
+        "warnings": [slower] if slower else [],
     }
 
 
@@ -265,6 +271,7 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
         metric,
         record.stats.get("remeasured_final"),
     )
+    original_ms = original.objectives.get("latency_ms") if original and original.ok else None
     fp = record.fingerprint
     return finite(
         {
@@ -290,7 +297,7 @@ def build_run(run_dir: str | Path) -> dict[str, Any]:
             "original": original.candidate.id if original is not None else None,
             "front": [e.candidate.id for e in front],
             "evaluations": [
-                _evaluation(i + 1, e, objectives, names, front_ids, budget)
+                _evaluation(i + 1, e, objectives, names, front_ids, budget, original_ms)
                 for i, e in enumerate(evaluations)
             ],
             "references": [

@@ -71,6 +71,12 @@ def _run_section(run: dict[str, Any]) -> list[str]:
         f"{', '.join(g.get('name', '?') for g in env.get('gpus', [])) or 'no GPU'}; "
         f"python {env.get('python', '?')}; git {run['git_commit']}",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in sorted(run["packages"].items())),
+        *[
+            f"- warning: {e['pipeline']}: {w}"
+            for e in run["evaluations"]
+            if e["on_front"]
+            for w in e.get("warnings", [])
+        ],
         "",
     ]
 

@@ -111,6 +111,7 @@ _EVALUATION = {
         "timings_s": _NUM_MAP,
         "cache_hit_steps": {"type": "integer"},
         "step_notes": {"type": "array", "items": {"type": "string"}},
+        "warnings": {"type": "array", "items": {"type": "string"}},
         "over_budget": {"type": ["boolean", "null"]},
     },
     # an evaluation either has an error or measured objectives, never neither

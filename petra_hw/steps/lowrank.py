@@ -13,7 +13,9 @@ recognised as an LR pair whoever built it.  A pair is re-decomposed from the spe
 (at most its current rank r), and replaced only when the rule keeps fewer than r components; so
 ``LR - Reg - LR`` truncates the spectrum that Reg sparsified.  Grouped and depthwise convs, embeddings
 with ``max_norm`` (a nonlinear renormalisation), subclasses (e.g. the projection inside
-``nn.MultiheadAttention``, whose weight is read directly) and tied weights are skipped.
+``nn.MultiheadAttention``, whose weight is read directly) and tied weights are skipped; attention
+projections are counted in the step's ``skipped`` effect, and a ``nn.TransformerEncoderLayer``
+whose feed-forward layers became pairs runs without its fused fast path (``steps.attention``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from torch import nn
 
 from petra_hw import rank_rules
 from petra_hw.pipeline import Step
+from petra_hw.steps.attention import (
+    ATTENTION_SKIP_REASON,
+    attention_projections,
+    guard_fast_path,
+)
 from petra_hw.steps.base import StepContext, register
 from petra_hw.steps.effects import StepEffect
 
@@ -290,6 +297,14 @@ def decompose_by_rule(
     return build_pair(dense, u[:, :r], s[:r], vh[:r])
 
 
+GROUPED_SKIP_REASON = "grouped or depthwise convs (no dense weight matrix to factorize)"
+
+
+def grouped_convs(model: nn.Module) -> int:
+    """Grouped and depthwise convs: LR leaves them (their weight is block-diagonal already)."""
+    return sum(type(m) in _CONVS and m.groups > 1 for m in model.modules())
+
+
 @register("LR")
 def lowrank_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     """Decompose every layer whose rule-selected rank lowers its cost; leave the rest."""
@@ -310,12 +325,24 @@ def lowrank_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
         len(layers),
         ranks,
     )
-    skipped = len(layers) - len(ranks)
+    guard_fast_path(model)
+    cheap = len(layers) - len(ranks)
+    attention = attention_projections(model)
+    grouped = grouped_convs(model)
     why = f"not cheaper at the rank {rule}={threshold} selects"
+    reasons = [f"{cheap} {why}"] if cheap else []
+    if attention:
+        reasons.append(f"{attention} {ATTENTION_SKIP_REASON}")
+    if grouped:
+        reasons.append(f"{grouped} {GROUPED_SKIP_REASON}")
     if not layers:
         ctx.record(StepEffect.no_op(step, "no Linear, Conv or Embedding layer to factorize"))
     elif not ranks:
         ctx.record(StepEffect.no_op(step, f"decomposed 0 of {len(layers)} layers: {why}"))
-    elif skipped:
-        ctx.record(StepEffect(str(step), skipped=skipped, why_skipped=why))
+    elif reasons:
+        ctx.record(
+            StepEffect(
+                str(step), skipped=cheap + attention + grouped, why_skipped="; ".join(reasons)
+            )
+        )
     return model

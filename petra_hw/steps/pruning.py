@@ -7,7 +7,10 @@ torch-pruning importances: ``l1``/``l2`` group magnitude, ``taylor`` first-order
 ``hessian`` Optimal Brain Damage (diagonal Hessian ~ empirical Fisher, mean of squared per-sample
 gradients), ``bn_scale`` network slimming (BN gammas after a short L1-on-gamma training pass) and
 ``lamp``.  Data-driven criteria read the *train* split only.  The model's output layer is never
-pruned, so the output keeps its size.
+pruned, so the output keeps its size.  Attention is pruned head-consistently: torch-pruning is
+given every ``nn.MultiheadAttention``'s ``num_heads``; as that module's inner width is the model
+width, its heads stay whole, the feed-forward channels of ``nn.TransformerEncoderLayer`` are
+pruned, and the effect says so (``HEADS_KEPT``).
 
 ``structured=False`` zeroes individual weights with ``torch.nn.utils.prune`` masks baked into the
 weights.  Shapes do not change: this shrinks an artifact only with sparse storage or compression
@@ -34,6 +37,13 @@ from petra_hw.training import batch_loss, make_loss, train
 log = logging.getLogger(__name__)
 
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
+# Why structured pruning leaves attention heads: nn.MultiheadAttention's q/k/v width is its
+# embed_dim, the model width itself, so dropping a head would narrow the residual stream of every
+# block; torch-pruning, told the heads (num_heads), keeps them whole and prunes FFN channels.
+HEADS_KEPT = (
+    "nn.MultiheadAttention blocks keep all heads: their inner width is the model width, so a "
+    "head cannot go without narrowing the residual stream; FFN channels are pruned"
+)
 GRAD_SAMPLES = 128  # train samples whose gradients feed the taylor criterion
 GRAD_BATCH_SIZE = 32
 HESSIAN_SAMPLES = 64  # per-sample gradients averaged into the diagonal Fisher (OBD)
@@ -198,7 +208,14 @@ def build_pruner(
         pruning_ratio=ratio,
         ignored_layers=ignored,
         round_to=ctx.channel_multiple if ctx.channel_multiple > 1 else None,
+        # head-consistent: torch-pruning then keeps each attention block's heads whole
+        num_heads=attention_heads(model),
     )
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """Each ``nn.MultiheadAttention`` and its number of heads, for torch-pruning's ``num_heads``."""
+    return {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
 
 
 @torch.enable_grad()  # torch-pruning traces the graph through autograd
@@ -294,6 +311,9 @@ def _effect(
         return None
     if untouched < len(before):
         why = "no output channel removed" if index == 0 else "no weight zeroed"
+        blocks = len(attention_heads(model))
+        if index == 0 and blocks:
+            why += f" ({blocks} {HEADS_KEPT})"
         return StepEffect(str(step), skipped=untouched, why_skipped=why)
     if index == 1:
         return StepEffect.no_op(step, "zeroed no weight")

@@ -30,6 +30,7 @@ scales), where every ONNX export lives.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 from collections import Counter
@@ -191,6 +192,19 @@ def fold_quantized_weights(fq: nn.Module, plain: nn.Module, example: torch.Tenso
             state[weight] = quantizer(fq.get_parameter(weight)).detach()
     plain.load_state_dict(state, strict=True)
     return plain.eval()
+
+
+def trained_float_model(fq: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A plain copy of the fake-quantized ``fq`` (NNCF's hooks removed) whose weights are their
+    trained, fake-quantized values: what CPU compilers re-quantize with their own QDQ placement
+    (see ``backends.common.qat_float_model``)."""
+    from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE
+
+    plain = copy.deepcopy(fq)
+    for attr in ("forward", "_replicate_for_data_parallel"):  # wrap_model's instance overrides
+        plain.__dict__.pop(attr, None)
+    delattr(plain, ATR_HOOK_STORAGE)
+    return fold_quantized_weights(fq, plain, example)
 
 
 @register("QAT", reads=ALL_SETTINGS)

@@ -6,7 +6,10 @@ is unchanged, with L_train + (lambda_O/|D|) sum L_O(U, V) + (lambda_H/|D|) sum L
 the factors are folded back into the original structure (dense: W = U diag(S) V^T; pair:
 B = U sign(S) sqrt|S|, A = sqrt|S| V^T: a singular value training drove negative keeps its sign),
 so Reg leaves the architecture unchanged and a later LR truncates
-the spectrum that the Hoyer term concentrated.
+the spectrum that the Hoyer term concentrated.  While the factors train, a
+``nn.TransformerEncoderLayer`` holding one runs without its fused fast path, and attention
+projections (read directly by ``nn.MultiheadAttention``) are left out and counted as skipped
+(``steps.attention``).
 
 ``lai``, ``sparsity`` and ``norm`` add ``strength`` times their term (see ``regularizers``) to the
 loss of the plain weights.  All variants go through the one training loop,
@@ -23,11 +26,19 @@ from torch import nn
 from torch.func import functional_call
 
 from petra_hw.pipeline import Step
+from petra_hw.steps.attention import (
+    ATTENTION_SKIP_REASON,
+    attention_projections,
+    guard_fast_path,
+)
 from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
+from petra_hw.steps.effects import StepEffect
 from petra_hw.steps.lowrank import (
+    GROUPED_SKIP_REASON,
     build_pair,
     dense_equivalent,
     factorizable_layers,
+    grouped_convs,
     is_lowrank_pair,
     pair_rank,
     replace_module,
@@ -170,6 +181,7 @@ def _orth_hoyer(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
         return model
     for name in names:
         model = replace_module(model, name, SVDLayer(model.get_submodule(name)))
+    guard_fast_path(model)  # the calib monitor runs in eval mode, where the fast path would read
     layers = [model.get_submodule(name) for name in names]
     lambda_o, lambda_h = float(step["lambda_o"]), float(step["lambda_h"])
 
@@ -187,6 +199,14 @@ def _orth_hoyer(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     )
     for name, layer in zip(names, layers, strict=True):
         model = replace_module(model, name, layer.fold())
+    guard_fast_path(model)  # plain layers again: the fast path is back
+    attention, grouped = attention_projections(model), grouped_convs(model)
+    reasons = [f"{attention} {ATTENTION_SKIP_REASON}"] if attention else []
+    if grouped:
+        reasons.append(f"{grouped} {GROUPED_SKIP_REASON}")
+    if reasons:
+        why = "; ".join(reasons)
+        ctx.record(StepEffect(str(step), skipped=attention + grouped, why_skipped=why))
     return model
 
 
