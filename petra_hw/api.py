@@ -331,7 +331,7 @@ def compile_pipeline(
 ) -> CompiledArtifact:
     """``compile``'s work once everything is resolved (the CLI calls this too)."""
     from petra_hw.assess import compile_model, judge
-    from petra_hw.baseline import predict
+    from petra_hw.baseline import predict_split
 
     suite, splits, model = baseline.suite, baseline.splits, baseline.model
     if pipeline.steps:  # apply leaves the deploying quantization step to the compiler
@@ -340,7 +340,7 @@ def compile_pipeline(
         model = apply(
             pipeline, baseline, suite, channel_multiple=profile.channel_multiple, seed=seed
         ).model
-    reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
+    reference = {n: predict_split(baseline.model, splits.by_name(n)) for n in ("val", "test")}
     artifact = compile_model(
         model, suite, splits, profile, backend, intent, out, pipeline=pipeline.to_json()
     )
@@ -403,12 +403,12 @@ def profile_baseline(
     """Compile and measure the baseline for each (backend, precision) of ``plan`` into
     ``out/<backend>-<precision>``."""
     from petra_hw.assess import compile_model, judge
-    from petra_hw.baseline import predict
+    from petra_hw.baseline import predict_split
     from petra_hw.pipeline import Pipeline
     from petra_hw.precision import PrecisionIntent
 
     suite, splits = baseline.suite, baseline.splits
-    reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
+    reference = {n: predict_split(baseline.model, splits.by_name(n)) for n in ("val", "test")}
     results = []
     for name, precision in plan:
         if on_start is not None:
