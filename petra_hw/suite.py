@@ -90,6 +90,8 @@ class Split:
         self, batch_size: int, order: Sequence[int] | torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(inputs, targets)`` batches in index order, or in ``order`` (e.g. a shuffle)."""
+        import torch
+
         if self._dataset is None:
             if order is None:
                 for i in range(0, len(self), batch_size):
@@ -122,6 +124,8 @@ class Split:
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> Split:
         """The rows ``indices`` (in that order) as a split of their own, ids carried."""
+        import torch
+
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         ids = self.ids[idx.numpy()] if self.ids is not None else None
         if self._dataset is None:
@@ -146,6 +150,8 @@ class Split:
     def inputs(self, n: int | None = None) -> torch.Tensor:
         """The first ``n`` inputs (all when None) stacked in memory: for calibration and timing
         rows, small by design; never call it without ``n`` on a large split."""
+        import torch
+
         if self._dataset is None:
             return self._x if n is None else self._x[:n]
         part = self if n is None else self.take(n)
@@ -154,6 +160,8 @@ class Split:
     def outputs(self, predict: Callable[[torch.Tensor], np.ndarray], batch_size: int = 256):
         """``predict`` over every input batch, in index order, as one array (the targets are
         kept on the way, so ``targets`` costs no second pass over a streamed split)."""
+        import torch
+
         outs, ys = [], []
         for x, y in self.batches(batch_size):
             outs.append(np.asarray(predict(x)))
@@ -164,6 +172,8 @@ class Split:
 
     def targets(self) -> torch.Tensor:
         """All targets in index order (small: labels, not inputs); read once, then kept."""
+        import torch
+
         if self._targets is None:
             self._targets = _dataset_targets(self._dataset)
             if self._targets is None:
@@ -177,6 +187,7 @@ READ_BATCH = 256  # samples per batch where a streamed split is read only for it
 def _dataset_targets(dataset: Any) -> torch.Tensor | None:
     """Targets a dataset lists without loading its inputs (``ImageFolder.targets``, through
     ``Subset``s); None when it lists none."""
+    import torch
     from torch.utils.data import Subset
 
     if isinstance(dataset, Subset):

@@ -90,6 +90,11 @@ def read_split(name: str, data: Any) -> Split:
         )
     if len(split) == 0:
         raise UserError(f"split '{name}' is empty")
+    try:
+        first = (data.dataset if isinstance(data, DataLoader) else data)[0]
+    except Exception as exc:  # the user's dataset code: one line
+        raise UserError(f"reading split '{name}' raised {type(exc).__name__}: {exc}") from None
+    _pair(name, first)
     return split
 
 
