@@ -57,7 +57,7 @@ def calib_batches(calib: Split | None, batch_size: int = 32) -> list[np.ndarray]
     """
     if calib is None or len(calib) == 0:
         raise ValueError("INT8 static quantization needs a non-empty calib split")
-    x = calib.x.numpy().astype(np.float32, copy=False)
+    x = calib.inputs().numpy().astype(np.float32, copy=False)
     bs = min(batch_size, len(x))
     batches = []
     for i in range(0, len(x), bs):

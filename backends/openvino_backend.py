@@ -126,7 +126,7 @@ def _nncf_quantize(model, request: CompileRequest, settings: dict[str, object]):
         )
     if request.calib is None or len(request.calib) == 0:
         raise ValueError("INT8 static quantization needs a non-empty calib split")
-    samples = list(request.calib.x.numpy().astype(np.float32)[:, None])  # items of batch 1
+    samples = list(request.calib.inputs().numpy().astype(np.float32)[:, None])  # batch-1 items
     sink = io.StringIO()
     if request.option("recipe") == "nncf-default":  # the peer: nncf.quantize at its defaults
         with contextlib.redirect_stdout(sink):

@@ -316,16 +316,20 @@ def compile(  # noqa: A001 - the API's verb, as petra_hw.compile
     out: str | Path | None = None,
     seed: int = 0,
     data_dir: str | Path | None = None,
+    fidelity: float = 1.0,
 ) -> CompiledArtifact:
     """Apply ``pipeline`` to the suite's baseline, compile it for ``device`` (its first backend
     that can, or ``backend``), and measure it.  ``out``: a new or empty folder (default: a fresh
-    one under reports/); nothing is left behind when it fails."""
+    one under reports/); nothing is left behind when it fails.  ``fidelity`` < 1 trains each
+    training step's epochs on that share of their batches (a quick look at a large data set)."""
     from petra_hw.backend import choose_backend
     from petra_hw.baseline import get_baseline
     from petra_hw.commands.common import output_or_nothing
     from petra_hw.pipeline import Pipeline, parse_pipeline
     from petra_hw.precision import deployed_intent
 
+    if not 0.0 < float(fidelity) <= 1.0:
+        raise UserError(f"fidelity must be in (0, 1], not {fidelity!r}")
     pipe = pipeline if isinstance(pipeline, Pipeline) else parse_pipeline(str(pipeline))
     profile = resolve_device(device)
     intent = deployed_intent(pipe, profile)
@@ -334,7 +338,7 @@ def compile(  # noqa: A001 - the API's verb, as petra_hw.compile
     folder = Path(out) if out is not None else None
     with output_or_nothing(folder, Path("reports"), f"compile-{loaded.name}") as where:
         baseline = get_baseline(loaded, seed, Path(data_dir) if data_dir else None)
-        return compile_pipeline(pipe, profile, intent, chosen, baseline, where, seed)
+        return compile_pipeline(pipe, profile, intent, chosen, baseline, where, seed, fidelity)
 
 
 def compile_pipeline(
@@ -345,10 +349,11 @@ def compile_pipeline(
     baseline: Baseline,
     out: Path,
     seed: int = 0,
+    fidelity: float = 1.0,
 ) -> CompiledArtifact:
     """``compile``'s work once everything is resolved (the CLI calls this too)."""
     from petra_hw.assess import compile_model, judge
-    from petra_hw.baseline import predict
+    from petra_hw.baseline import predict_split
     from petra_hw.value import slower_than_original
 
     suite, splits, model = baseline.suite, baseline.splits, baseline.model
@@ -357,10 +362,15 @@ def compile_pipeline(
         from petra_hw.apply import apply
 
         applied = apply(
-            pipeline, baseline, suite, channel_multiple=profile.channel_multiple, seed=seed
+            pipeline,
+            baseline,
+            suite,
+            channel_multiple=profile.channel_multiple,
+            seed=seed,
+            fidelity=fidelity,
         )
         model, notes = applied.model, applied.notes
-    reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
+    reference = {n: predict_split(baseline.model, splits.by_name(n)) for n in ("val", "test")}
     artifact = compile_model(
         model, suite, splits, profile, backend, intent, out, pipeline=pipeline.to_json()
     )
@@ -449,12 +459,12 @@ def profile_baseline(
     """Compile and measure the baseline for each (backend, precision) of ``plan`` into
     ``out/<backend>-<precision>``."""
     from petra_hw.assess import compile_model, judge
-    from petra_hw.baseline import predict
+    from petra_hw.baseline import predict_split
     from petra_hw.pipeline import Pipeline
     from petra_hw.precision import PrecisionIntent
 
     suite, splits = baseline.suite, baseline.splits
-    reference = {n: predict(baseline.model, splits.by_name(n).x) for n in ("val", "test")}
+    reference = {n: predict_split(baseline.model, splits.by_name(n)) for n in ("val", "test")}
     results = []
     for name, precision in plan:
         if on_start is not None:

@@ -33,7 +33,7 @@ from petra_hw.profiler import (
 )
 from petra_hw.profiles import DeviceProfile
 from petra_hw.quality import parity, runner_outputs
-from petra_hw.suite import Splits, Suite
+from petra_hw.suite import Split, Splits, Suite
 
 log = logging.getLogger(__name__)
 TIMING_INPUTS_BYTES = 4 << 20  # at most this much of real calib input is kept for timing
@@ -71,12 +71,13 @@ def input_spec(suite: Suite) -> InputSpec:
     return InputSpec("input", (None, *suite.input_shape))
 
 
-def timing_rows(x: torch.Tensor, profile: DeviceProfile) -> np.ndarray:
+def timing_rows(calib: Split, profile: DeviceProfile) -> np.ndarray:
     """The calib rows an artifact keeps for timing: as many as its largest batch size, within
     ``TIMING_INPUTS_BYTES`` (the profiler tiles them up to each batch size)."""
-    per_row = max(1, int(np.prod(x.shape[1:])) * 4)
-    n = min(len(x), max((1, *profile.batch_sizes)), max(1, TIMING_INPUTS_BYTES // per_row))
-    return np.ascontiguousarray(x[:n].detach().cpu().numpy(), dtype=np.float32)
+    first = calib.inputs(1)
+    per_row = max(1, int(np.prod(first.shape[1:])) * 4)
+    n = min(len(calib), max((1, *profile.batch_sizes)), max(1, TIMING_INPUTS_BYTES // per_row))
+    return np.ascontiguousarray(calib.inputs(n).detach().cpu().numpy(), dtype=np.float32)
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -108,7 +109,7 @@ def compile_model(
         options=tuple(sorted((options or {}).items())),
     )
     artifact = get_backend(backend).compile(model.eval(), request)
-    artifact = artifact.add_file(TIMING_INPUTS, _npy(timing_rows(splits.calib.x, profile)))
+    artifact = artifact.add_file(TIMING_INPUTS, _npy(timing_rows(splits.calib, profile)))
     from petra_hw import nncf_extension
 
     steps = (pipeline or {}).get("steps", [])
@@ -134,14 +135,12 @@ def judge(
     runner = load_runner(artifact, profile)
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    outputs = {name: runner_outputs(runner, splits.by_name(name).x) for name in quality_splits}
-    known = {id(splits.by_name(n).x): o for n, o in outputs.items()}
 
     def runner_predict(x: torch.Tensor) -> np.ndarray:
-        """The runner's outputs, reusing those already computed for the quality splits."""
-        return known[id(x)] if id(x) in known else runner_outputs(runner, x)
+        return runner_outputs(runner, x)
 
-    qual = {n: suite.score(runner_predict, splits, n) for n in quality_splits}
+    outputs = {n: splits.by_name(n).outputs(runner_predict, 64) for n in quality_splits}
+    qual = {n: suite.score(runner_predict, splits, n, outputs[n]) for n in quality_splits}
     par: dict[str, float] = {}
     if original_outputs is not None:
         name = next(n for n in quality_splits if n in original_outputs)
@@ -161,7 +160,7 @@ def judge(
             backend=artifact.backend,
             precision=artifact.precision,
             size_bytes=artifact.size_bytes,
-            inputs=timing_rows(splits.calib.x, profile) if inputs is None else inputs,
+            inputs=timing_rows(splits.calib, profile) if inputs is None else inputs,
         )
     timings["measure_s"] = time.perf_counter() - t
     artifact = artifact.update(

@@ -62,8 +62,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndar
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
+def predict_split(model: nn.Module, split: Split) -> np.ndarray:
+    """``model``'s outputs over a whole split, read in batches."""
+    return split.outputs(lambda x: predict(model, x))
+
+
 def score(suite: Suite, model: nn.Module, split: Split) -> float:
-    return suite.metric(predict(model, split.x), split.y.numpy())
+    return suite.metric(predict_split(model, split), split.targets().numpy())
 
 
 def seed_everything(seed: int) -> None:
@@ -97,7 +102,7 @@ def get_baseline(
     Training a converged baseline takes up to an hour on 2 cores, so ``on_epoch(epoch, epochs,
     calib_loss, elapsed_s)`` lets the caller show progress; every epoch is also logged.
     """
-    splits = suite.load_splits(DataContext(data_dir, seed))
+    splits = suite.read_splits(DataContext(data_dir, seed))
     seed_everything(seed)
     model = suite.build_model()
     if suite.pretrained:  # the user's trained model is the baseline: nothing to train or cache

@@ -16,7 +16,8 @@ def runner_outputs(runner, x, batch_size: int = 64) -> np.ndarray:
 
 
 def quality(suite: Suite, runner, split: Split, batch_size: int = 64) -> float:
-    return suite.metric(runner_outputs(runner, split.x, batch_size), split.y.numpy())
+    outputs = split.outputs(lambda x: runner_outputs(runner, x, batch_size), batch_size)
+    return suite.metric(outputs, split.targets().numpy())
 
 
 def parity(outputs: np.ndarray, reference: np.ndarray, task: str) -> dict[str, float]:

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,16 +27,183 @@ if TYPE_CHECKING:
 Task = Literal["classification", "regression", "embedding"]
 
 
-@dataclass(frozen=True)
 class Split:
-    """Inputs and targets of one split, as CPU tensors (small enough for memory here)."""
+    """The samples of one split, read in batches: CPU tensors, or a ``torch.utils.data.Dataset``
+    of ``(input, target)`` samples that is never loaded whole (``Split.from_dataset``).
 
-    x: torch.Tensor
-    y: torch.Tensor
-    ids: np.ndarray | None = None  # source row/sample ids, used to prove disjointness
+    Every reader (training, calibration, quality, timing inputs) goes through ``batches`` /
+    ``input_batches`` / ``outputs`` / ``inputs`` / ``subset``, so a split too large for memory
+    streams from its files, through ``num_workers`` loader processes where the suite allows.
+    Tensors are sliced directly, so bundled suites keep their results bit-for-bit.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        ids: np.ndarray | None = None,
+        *,
+        dataset: Any = None,
+        collate_fn: Callable | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        if (dataset is None) == (x is None or y is None):
+            raise ValueError("a Split holds either tensors x and y or a dataset")
+        self._x, self._y, self._dataset = x, y, dataset
+        self._collate = collate_fn
+        self.ids = ids  # source row/sample ids, used to prove disjointness
+        self.num_workers = int(num_workers)
+        self._targets: torch.Tensor | None = y
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Any,
+        ids: np.ndarray | None = None,
+        *,
+        collate_fn: Callable | None = None,
+        num_workers: int = 0,
+    ) -> Split:
+        """A split streamed from a map-style dataset of ``(input, target)`` samples."""
+        return cls(dataset=dataset, ids=ids, collate_fn=collate_fn, num_workers=num_workers)
+
+    @property
+    def streaming(self) -> bool:
+        return self._dataset is not None
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return len(self._dataset) if self._dataset is not None else int(self._x.shape[0])
+
+    def __repr__(self) -> str:
+        kind = type(self._dataset).__name__ if self._dataset is not None else "tensors"
+        return f"Split({len(self)} samples, {kind}, num_workers={self.num_workers})"
+
+    def with_workers(self, num_workers: int) -> Split:
+        """The same split read through ``num_workers`` loader processes (datasets only)."""
+        if self._dataset is None or num_workers == self.num_workers:
+            return self
+        return Split.from_dataset(
+            self._dataset, self.ids, collate_fn=self._collate, num_workers=num_workers
+        )
+
+    def batches(
+        self, batch_size: int, order: Sequence[int] | torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(inputs, targets)`` batches in index order, or in ``order`` (e.g. a shuffle)."""
+        import torch
+
+        if self._dataset is None:
+            if order is None:
+                for i in range(0, len(self), batch_size):
+                    yield self._x[i : i + batch_size], self._y[i : i + batch_size]
+            else:
+                for i in range(0, len(order), batch_size):
+                    idx = order[i : i + batch_size]
+                    yield self._x[idx], self._y[idx]
+            return
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self._dataset,
+            batch_size=batch_size,
+            sampler=None if order is None else [int(i) for i in order],
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self._collate,
+        )
+        for batch in loader:
+            x, y = batch
+            yield torch.as_tensor(x).float(), torch.as_tensor(y)
+
+    def input_batches(
+        self, batch_size: int, order: Sequence[int] | torch.Tensor | None = None
+    ) -> Iterator[torch.Tensor]:
+        """The input batches of ``batches`` alone."""
+        for x, _ in self.batches(batch_size, order):
+            yield x
+
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> Split:
+        """The rows ``indices`` (in that order) as a split of their own, ids carried."""
+        import torch
+
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        ids = self.ids[idx.numpy()] if self.ids is not None else None
+        if self._dataset is None:
+            return Split(self._x[idx], self._y[idx], ids)
+        from torch.utils.data import Subset
+
+        return Split.from_dataset(
+            Subset(self._dataset, idx.tolist()),
+            ids,
+            collate_fn=self._collate,
+            num_workers=self.num_workers,
+        )
+
+    def take(self, n: int) -> Split:
+        """The first ``n`` rows (all when fewer)."""
+        if self._dataset is None:
+            n = min(n, len(self))
+            ids = self.ids[:n] if self.ids is not None else None
+            return Split(self._x[:n], self._y[:n], ids)
+        return self.subset(range(min(n, len(self))))
+
+    def inputs(self, n: int | None = None) -> torch.Tensor:
+        """The first ``n`` inputs (all when None) stacked in memory: for calibration and timing
+        rows, small by design; never call it without ``n`` on a large split."""
+        import torch
+
+        if self._dataset is None:
+            return self._x if n is None else self._x[:n]
+        part = self if n is None else self.take(n)
+        return torch.cat(list(part.input_batches(READ_BATCH)))
+
+    def outputs(self, predict: Callable[[torch.Tensor], np.ndarray], batch_size: int = 256):
+        """``predict`` over every input batch, in index order, as one array (the targets are
+        kept on the way, so ``targets`` costs no second pass over a streamed split)."""
+        import torch
+
+        outs, ys = [], []
+        for x, y in self.batches(batch_size):
+            outs.append(np.asarray(predict(x)))
+            ys.append(y)
+        if self._targets is None and ys:
+            self._targets = torch.cat(ys)
+        return np.concatenate(outs) if outs else np.zeros((0,))
+
+    def targets(self) -> torch.Tensor:
+        """All targets in index order (small: labels, not inputs); read once, then kept."""
+        import torch
+
+        if self._targets is None:
+            self._targets = _dataset_targets(self._dataset)
+            if self._targets is None:
+                self._targets = torch.cat([y for _, y in self.batches(READ_BATCH)])
+        return self._targets
+
+
+READ_BATCH = 256  # samples per batch where a streamed split is read only for its targets or rows
+
+
+def _dataset_targets(dataset: Any) -> torch.Tensor | None:
+    """Targets a dataset lists without loading its inputs (``ImageFolder.targets``, through
+    ``Subset``s); None when it lists none."""
+    import torch
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        inner = _dataset_targets(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    targets = getattr(dataset, "targets", None)
+    if (
+        getattr(dataset, "target_transform", None) is not None
+        or targets is None
+        or len(targets) != len(dataset)
+    ):
+        return None
+    return torch.as_tensor(np.asarray(targets))
+
+
+SPLIT_NAMES = ("train", "calib", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -47,6 +214,13 @@ class Splits:
     test: Split
     # (mean, std) of regression targets standardized for training; metrics see original units
     target_scale: tuple[float, float] | None = None
+
+    def with_workers(self, num_workers: int) -> Splits:
+        """Every streamed split read through ``num_workers`` loader processes."""
+        return dataclasses.replace(
+            self,
+            **{n: getattr(self, n).with_workers(num_workers) for n in SPLIT_NAMES},
+        )
 
     def by_name(self, name: str) -> Split:
         if name not in ("train", "calib", "val", "test"):
@@ -77,7 +251,8 @@ def _rmse(outputs: np.ndarray, targets: np.ndarray) -> float:
 ACCURACY = Metric("accuracy", True, _accuracy)
 RMSE = Metric("rmse", False, _rmse)
 
-# Maps a batch of inputs to outputs: an eager model or a deployed runner.
+# Maps a batch of inputs to outputs: an eager model or a deployed runner (``Split.outputs`` runs
+# it over a whole split).
 PredictFn = Callable[["torch.Tensor"], np.ndarray]  # noqa: F821
 # A suite's own training objective, computed from the model and one batch (x, y).
 ModelLoss = Callable[["torch.nn.Module", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]  # noqa: F821
@@ -178,6 +353,8 @@ class Suite:
     # Where a suite made in Python was made (``petra_hw.suite_ref``), so that worker processes
     # can make it again; None for suite files, which travel by their path.
     origin: Any = field(default=None, compare=False, repr=False)
+    # Loader processes per streamed split (``Split.from_dataset``); 0 reads in this process.
+    num_workers: int = 0
 
     @classmethod
     def from_torch(cls, model: torch.nn.Module, **kwargs: Any) -> Suite:
@@ -193,12 +370,26 @@ class Suite:
             return self.loss_fn
         return "cross_entropy" if self.task == "classification" else "mse"
 
-    def score(self, predict: PredictFn, splits: Splits, name: str) -> float:
-        """Quality of split ``name`` through ``predict`` (the suite's evaluate hook or metric)."""
+    def read_splits(self, ctx: DataContext) -> Splits:
+        """The suite's splits, streamed ones read through the suite's ``num_workers``."""
+        splits = self.load_splits(ctx)
+        return splits.with_workers(self.num_workers) if self.num_workers else splits
+
+    def score(
+        self,
+        predict: PredictFn,
+        splits: Splits,
+        name: str,
+        outputs: np.ndarray | None = None,
+    ) -> float:
+        """Quality of split ``name`` through ``predict`` (the suite's evaluate hook or metric);
+        ``outputs`` are ``predict``'s on that split when the caller has them already."""
         if self.evaluate is not None:
             return float(self.evaluate(predict, splits, name))
         split = splits.by_name(name)
-        outputs, targets = predict(split.x), split.y.numpy()
+        if outputs is None:
+            outputs = split.outputs(predict)
+        targets = split.targets().numpy()
         if splits.target_scale is not None:
             mean, std = splits.target_scale
             outputs, targets = outputs * std + mean, targets * std + mean

@@ -2,9 +2,9 @@
 
 The user's model is the baseline as it is (``Suite.pretrained``: nothing is trained or cached for
 it).  Each split is a ``torch.utils.data.Dataset`` or ``DataLoader`` of ``(input, target)``
-samples.  The splits are read once, in a fixed order, into the tensors the rest of petra-hw reads
-today (``Split``); the training loop shuffles them itself, seeded.  Streaming splits are a later
-change of ``Split``; ``from_torch`` is the API that keeps working then.
+samples.  A map-style dataset is streamed (``Split.from_dataset``): read in batches, in index
+order or the training loop's seeded shuffle, through ``num_workers`` loader processes, never held
+whole in memory; only the first samples of each split are read here, to check them.
 
 What can be inferred is, and what is ambiguous must be said: the task follows from a named metric
 (``accuracy``: classification, ``rmse``: regression) or, for a callable metric, from the targets
@@ -39,39 +39,17 @@ from petra_hw.suite_ref import capture_origin
 
 NAMED_METRICS = {"accuracy": ("classification", ACCURACY), "rmse": ("regression", RMSE)}
 TASKS = ("classification", "regression", "embedding")
-READ_BATCH = 256  # samples per batch while reading a split into memory
+READ_BATCH = 256  # samples per batch while reading an iterable split into memory
+PROBE_SAMPLES = 64  # first samples of each split whose shapes, dtypes and targets are checked
 CALIB_SAMPLES = 512  # calibration samples drawn from train when no calib split is given
 
 
-def _loader(name: str, data: Any):
-    """A fixed-order loader over ``data``: a map-style dataset (also one behind a DataLoader,
-    whose collate_fn is kept) is read in index order; an iterable dataset in its own order."""
-    from torch.utils.data import DataLoader, Dataset, IterableDataset
-
-    if isinstance(data, DataLoader):
-        if isinstance(data.dataset, IterableDataset) or data.batch_size is None:
-            return data
-        return DataLoader(
-            data.dataset, batch_size=data.batch_size, shuffle=False, collate_fn=data.collate_fn
-        )
-    if isinstance(data, Dataset):
-        return DataLoader(data, batch_size=READ_BATCH, shuffle=False)
-    raise UserError(
-        f"split '{name}' must be a torch Dataset or DataLoader, not {type(data).__name__}"
-    )
-
-
-def read_split(name: str, data: Any) -> Split:
-    """All ``(input, target)`` samples of one split as CPU tensors, in a fixed order."""
+def _read_iterable(name: str, data: Any) -> Split:
+    """All samples of an iterable dataset (no random access to stream from) as CPU tensors."""
     xs, ys = [], []
     try:
-        for batch in _loader(name, data):
-            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                raise UserError(
-                    f"split '{name}' must yield (input, target) pairs, got {type(batch).__name__}"
-                    + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-                )
-            x, y = (torch.as_tensor(v) for v in batch)
+        for batch in data:
+            x, y = _pair(name, batch)
             xs.append(x.detach().cpu())
             ys.append(y.detach().cpu())
     except UserError:
@@ -80,19 +58,61 @@ def read_split(name: str, data: Any) -> Split:
         raise UserError(f"reading split '{name}' raised {type(exc).__name__}: {exc}") from None
     if not xs:
         raise UserError(f"split '{name}' is empty")
-    x, y = torch.cat(xs), torch.cat(ys)
-    if not x.is_floating_point():
+    return Split(torch.cat(xs).float(), torch.cat(ys))
+
+
+def _pair(name: str, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise UserError(
-            f"split '{name}': inputs are {x.dtype}; petra-hw compiles models with one float input"
+            f"split '{name}' must yield (input, target) pairs, got {type(batch).__name__}"
+            + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
         )
-    return Split(x.float(), y)
+    return torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+
+
+def read_split(name: str, data: Any) -> Split:
+    """One split over the user's data: a map-style dataset (also one behind a DataLoader, whose
+    collate_fn is kept) streams from it in index order, never loaded whole; an iterable dataset,
+    which cannot be indexed or shuffled, is read into memory once."""
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, IterableDataset) or data.batch_size is None:
+            return _read_iterable(name, data)
+        split = Split.from_dataset(data.dataset, collate_fn=data.collate_fn)
+    elif isinstance(data, IterableDataset):
+        return _read_iterable(name, DataLoader(data, batch_size=READ_BATCH))
+    elif isinstance(data, Dataset):
+        split = Split.from_dataset(data)
+    else:
+        raise UserError(
+            f"split '{name}' must be a torch Dataset or DataLoader, not {type(data).__name__}"
+        )
+    if len(split) == 0:
+        raise UserError(f"split '{name}' is empty")
+    try:
+        first = (data.dataset if isinstance(data, DataLoader) else data)[0]
+    except Exception as exc:  # the user's dataset code: one line
+        raise UserError(f"reading split '{name}' raised {type(exc).__name__}: {exc}") from None
+    _pair(name, first)
+    return split
+
+
+def _first(name: str, split: Split, n: int = PROBE_SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` samples of a split: what the checks look at without reading it whole."""
+    try:
+        x, y = next(iter(split.take(n).batches(n)))
+    except UserError:
+        raise
+    except Exception as exc:  # the user's dataset code: one line
+        raise UserError(f"reading split '{name}' raised {type(exc).__name__}: {exc}") from None
+    return x, y
 
 
 def _calib_from_train(train: Split) -> Split:
     """A seeded sample of train (all classes, not the first rows of a sorted dataset)."""
     n = min(len(train), CALIB_SAMPLES)
-    idx = np.sort(np.random.default_rng(0).permutation(len(train))[:n])
-    return Split(train.x[idx], train.y[idx], idx)
+    return train.subset(np.sort(np.random.default_rng(0).permutation(len(train))[:n]))
 
 
 def _metric(metric: str | Metric | Callable, higher_is_better: bool | None) -> Metric:
@@ -166,6 +186,7 @@ def from_torch(
     loss: ModelLoss | None = None,
     name: str | None = None,
     space: dict[str, Any] | None = None,
+    num_workers: int = 0,
 ) -> Suite:
     """A suite whose baseline is ``model`` as trained, with splits read from torch data.
 
@@ -173,7 +194,8 @@ def from_torch(
     ``"accuracy"``, ``"rmse"``, a ``Metric`` or ``fn(outputs, targets) -> float`` on numpy arrays
     (with ``higher_is_better``).  ``loss(model, x, y)`` replaces the task's default loss
     (cross-entropy or MSE) in training steps.  ``example_input`` (a batch) fixes the input shape;
-    default: the first training sample.
+    default: the first training sample.  Map-style datasets are streamed, never loaded whole;
+    ``num_workers`` loader processes read them (0: in the calling process).
     """
     origin = capture_origin()
     if not isinstance(model, nn.Module):
@@ -181,16 +203,21 @@ def from_torch(
     if loss is not None and not callable(loss):
         raise UserError("loss must be a callable loss(model, x, y) -> scalar tensor")
     chosen = _metric(metric, higher_is_better)
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise UserError(f"num_workers must be an integer >= 0, not {num_workers!r}")
     splits = {n: read_split(n, d) for n, d in (("train", train), ("val", val), ("test", test))}
     splits["calib"] = read_split("calib", calib) if calib is not None else None
     tr = splits["train"]
-    shape = tuple(tr.x.shape[1:])
-    for n, s in splits.items():
-        if s is not None and tuple(s.x.shape[1:]) != shape:
+    probes = {n: _first(n, s) for n, s in splits.items() if s is not None}
+    shape = tuple(probes["train"][0].shape[1:])
+    for n, (x, _) in probes.items():
+        if tuple(x.shape[1:]) != shape:
+            raise UserError(f"split '{n}' has inputs of shape {tuple(x.shape[1:])}, train {shape}")
+        if not x.is_floating_point():
             raise UserError(
-                f"split '{n}' has inputs of shape {tuple(s.x.shape[1:])}, train {shape}"
+                f"split '{n}': inputs are {x.dtype}; petra-hw compiles models with one float input"
             )
-    example = tr.x[:1] if example_input is None else torch.as_tensor(example_input)
+    example = probes["train"][0][:1] if example_input is None else torch.as_tensor(example_input)
     if tuple(example.shape[1:]) != shape:
         raise UserError(
             f"example_input has shape {tuple(example.shape)}; give a batch (1, *{shape}) like "
@@ -202,8 +229,9 @@ def from_torch(
             out = torch.as_tensor(reference(example.float()))
     except Exception as exc:
         raise UserError(f"the model fails on example_input: {type(exc).__name__}: {exc}") from None
-    kind = _task(task, metric, tr.y, out)
-    _check(kind, tr.y, out, loss)
+    y = probes["train"][1]
+    kind = _task(task, metric, y, out)
+    _check(kind, y, out, loss)
     loaded = Splits(
         train=tr,
         calib=splits["calib"] or _calib_from_train(tr),
@@ -229,4 +257,5 @@ def from_torch(
         space=space,
         pretrained=True,
         origin=origin,
+        num_workers=num_workers,
     )

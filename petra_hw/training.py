@@ -107,8 +107,7 @@ def evaluate_loss(
 ) -> float:
     model.eval()
     total, n = 0.0, 0
-    for i in range(0, len(split), batch_size):
-        x, y = split.x[i : i + batch_size], split.y[i : i + batch_size]
+    for x, y in split.batches(batch_size):
         total += float(batch_loss(loss_fn, model, x, y)) * len(x)
         n += len(x)
     return total / max(n, 1)
@@ -165,19 +164,17 @@ def train(
     epoch = 0
     for epoch in range(1, epochs + 1):
         model.train()
-        order = torch.randperm(len(data), generator=gen)
-        for i in range(0, seen, batch_size):
-            idx = order[i : min(i + batch_size, seen)]
-            if len(idx) < 2 and len(data) > 1:
+        order = torch.randperm(len(data), generator=gen)[:seen]
+        for step, (x, y) in enumerate(data.batches(batch_size, order)):
+            if len(x) < 2 and len(data) > 1:
                 continue  # BatchNorm cannot train on a batch of one
-            x, y = data.x[idx], data.y[idx]
             if augment is not None:
                 x = augment(x, gen)
             value = batch_loss(loss_fn, model, x, y)
             if extra_loss is not None:
                 value = value + extra_loss(model)
             if not torch.isfinite(value):
-                raise TrainingError(f"non-finite loss at epoch {epoch}, step {i // batch_size}")
+                raise TrainingError(f"non-finite loss at epoch {epoch}, step {step}")
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()

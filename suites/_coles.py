@@ -155,14 +155,14 @@ def downstream_quality(predict: PredictFn, splits: Splits, name: str) -> float:
     )
     calib = splits.calib
     model.fit(
-        predict(splits.train.x),
-        splits.train.y.numpy(),
-        eval_X=(predict(calib.x),),
-        eval_y=(calib.y.numpy(),),
+        splits.train.outputs(predict),
+        splits.train.targets().numpy(),
+        eval_X=(calib.outputs(predict),),
+        eval_y=(calib.targets().numpy(),),
         eval_metric="auc",
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )
     judged = splits.by_name(name)
-    scores = model.predict_proba(predict(judged.x))[:, 1]
+    scores = model.predict_proba(judged.outputs(predict))[:, 1]
     log.debug("LightGBM: %d trees (early-stopped on calib)", model.best_iteration_)
-    return ROC_AUC(scores, judged.y.numpy())
+    return ROC_AUC(scores, judged.targets().numpy())

@@ -35,7 +35,7 @@ class Compiled:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Baseline, this host's CPU profile, FP32 reference outputs, and a memo of compiled runners."""
-    from petra_hw.baseline import get_baseline, predict
+    from petra_hw.baseline import get_baseline, predict_split
     from petra_hw.profiles import detect_profile, load_profile
     from petra_hw.suite import load_suite
 
@@ -44,7 +44,7 @@ def env(tmp_path_factory):
         profile = load_profile("cpu")
     profile = dataclasses.replace(profile, batch_sizes=BATCHES)
     baseline = get_baseline(load_suite(SUITE), 0)
-    reference = predict(baseline.model, baseline.splits.test.x)
+    reference = predict_split(baseline.model, baseline.splits.test)
     return {"profile": profile, "baseline": baseline, "reference": reference,
             "out": tmp_path_factory.mktemp("bench"), "memo": {}}  # fmt: skip
 
@@ -65,9 +65,9 @@ def compiled(env: dict, backend: str, precision: str) -> Compiled:
             env["out"] / f"{backend}-{precision}",
         )  # fmt: skip
         runner = load_runner(artifact, profile)
-        out = runner_outputs(runner, b.splits.test.x)
+        out = b.splits.test.outputs(lambda x: runner_outputs(runner, x), 64)
         info = {
-            "test_accuracy": b.suite.metric(out, b.splits.test.y.numpy()),
+            "test_accuracy": b.suite.metric(out, b.splits.test.targets().numpy()),
             "top1_agreement": float((out.argmax(1) == env["reference"].argmax(1)).mean()),
             "size_bytes": artifact.size_bytes,
             "op_counts": {

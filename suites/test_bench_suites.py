@@ -56,7 +56,7 @@ def host(tmp_path_factory) -> dict:
 
 def baseline_of(host: dict, name: str):
     """The suite's cached baseline (trained on first use) with its FP32 reference outputs."""
-    from petra_hw.baseline import get_baseline, predict
+    from petra_hw.baseline import get_baseline, predict_split
     from petra_hw.errors import UserError
     from petra_hw.suite import load_suite
 
@@ -65,7 +65,7 @@ def baseline_of(host: dict, name: str):
             b = get_baseline(load_suite(name), 0)
         except UserError as exc:  # e.g. CIFAR-10 data not found on this machine
             pytest.skip(f"{name}: {exc}")
-        host["baselines"][name] = (b, predict(b.model, b.splits.test.x))
+        host["baselines"][name] = (b, predict_split(b.model, b.splits.test))
     return host["baselines"][name]
 
 
@@ -104,8 +104,8 @@ def test_suite(benchmark, host, suite: str, backend: str, precision: str) -> Non
         host["out"] / f"{suite}-{backend}-{precision}",
     )
     runner = impl.load(artifact, profile)
-    out = runner_outputs(runner, b.splits.test.x)
-    quality = b.suite.metric(out, b.splits.test.y.numpy())
+    out = b.splits.test.outputs(lambda x: runner_outputs(runner, x), 64)
+    quality = b.suite.metric(out, b.splits.test.targets().numpy())
     agreement = float((out.argmax(1) == reference.argmax(1)).mean())
     min_agreement, max_drop_pp = BOUNDS[precision]
     if precision == "int8":

@@ -40,7 +40,7 @@ def _arms(run: dict, suite, splits, profile, workdir: Path) -> dict[str, dict]:
     import torch
 
     from petra_hw.assess import compile_model, judge
-    from petra_hw.baseline import predict
+    from petra_hw.baseline import predict_split
     from petra_hw.search.tune import BASELINE_WEIGHTS
 
     original = next(e for e in run["evaluations"] if e["id"] == run["original"])
@@ -61,7 +61,7 @@ def _arms(run: dict, suite, splits, profile, workdir: Path) -> dict[str, dict]:
     model.load_state_dict(torch.load(Path(run["dir"]) / BASELINE_WEIGHTS, weights_only=True))
     model.eval()
     eager = compile_model(model, suite, splits, profile, "torch", "fp32", workdir / "eager")
-    ref = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
+    ref = {n: predict_split(model, splits.by_name(n)) for n in ("val", "test")}
     assessment = judge(eager, suite, splits, profile, ref)
     arms["eager torch fp32"] = {
         "eval": {
@@ -117,12 +117,12 @@ def test_value_against_peers(benchmark, suite_name: str, tmp_path: Path) -> None
     result = benchmark.pedantic(lambda: tune(settings, out=tmp_path), rounds=1, iterations=1)
     run = build_run(result.run_dir)
     suite, profile = load_suite(suite_name), load_profile("cpu")
-    splits = suite.load_splits(DataContext(None, 0))
+    splits = suite.read_splits(DataContext(None, 0))
     arms = _arms(run, suite, splits, profile, tmp_path)
     timed = measure_interleaved(
         {k: a["eval"]["artifact"] for k, a in arms.items()},
         profile,
-        splits.test.x.numpy(),
+        splits.test.inputs().numpy(),
         batches=(1, 32),
         rounds=ROUNDS,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import petra_hw
 
@@ -59,4 +59,32 @@ def make_suite() -> petra_hw.Suite:
         test=test,
         metric="accuracy",
         name="api-digits",
+    )
+
+
+class Images(Dataset):
+    """The digits as a user's dataset serves them: one sample at a time, no ``targets`` list."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.data[i]
+        return x, int(y)
+
+
+def make_streamed_suite() -> petra_hw.Suite:
+    """The same suite over plain map-style datasets, read by one loader worker process."""
+    train, val, test = digits()
+    return petra_hw.Suite.from_torch(
+        trained(train),
+        train=Images(train),
+        val=Images(val),
+        test=Images(test),
+        metric="accuracy",
+        name="api-digits-streamed",
+        num_workers=1,
     )

@@ -15,7 +15,7 @@ from petra_hw.baseline import Baseline, score
 from petra_hw.onnx_export import is_fake_quantized
 from petra_hw.pipeline import Pipeline, Step
 from petra_hw.steps.base import ALL_SETTINGS, StepContext, UndeclaredSetting, settings_read
-from petra_hw.suite import Split, Splits
+from petra_hw.suite import Splits
 from petra_hw.training import TrainingError
 
 
@@ -24,8 +24,8 @@ def small(digits) -> Baseline:
     """The digits baseline with short train/calib splits, so training steps take a second."""
     s = digits.splits
     splits = Splits(
-        Split(s.train.x[:96], s.train.y[:96]),
-        Split(s.calib.x[:48], s.calib.y[:48]),
+        s.train.take(96),
+        s.calib.take(48),
         s.val,
         s.test,
     )
@@ -34,7 +34,7 @@ def small(digits) -> Baseline:
 
 def outputs(model, baseline: Baseline) -> torch.Tensor:
     with torch.no_grad():
-        return model.eval()(baseline.splits.val.x[:64])
+        return model.eval()(baseline.splits.val.inputs(64))
 
 
 def test_second_apply_starts_from_the_shared_prefix(small, tmp_path):

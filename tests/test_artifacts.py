@@ -12,7 +12,7 @@ import pytest
 
 from petra_hw.artifact import read_artifact
 from petra_hw.assess import compile_model, judge
-from petra_hw.baseline import predict
+from petra_hw.baseline import predict, predict_split
 from petra_hw.errors import ArtifactError
 from petra_hw.integrity import seal
 from petra_hw.pipeline import Pipeline
@@ -37,7 +37,7 @@ def test_runner_matches_eager_model(artifact, digits) -> None:
     import petra_hw
 
     runner = petra_hw.load(artifact.path)
-    x = digits.splits.test.x[:7]
+    x = digits.splits.test.inputs(7)
     np.testing.assert_allclose(runner(x.numpy()), predict(digits.model, x), atol=1e-4)
     assert runner(x[:1].numpy()).shape == (1, 10)  # dynamic batch axis
 
@@ -52,7 +52,7 @@ def test_manifest_records_what_matters(artifact) -> None:
 
 
 def test_judge_measures_quality_through_runner(artifact, digits, cpu_profile) -> None:
-    reference = {n: predict(digits.model, digits.splits.by_name(n).x) for n in ("val", "test")}
+    reference = {n: predict_split(digits.model, digits.splits.by_name(n)) for n in ("val", "test")}
     fast = cpu_profile.__class__(
         **{
             **cpu_profile.__dict__,

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from petra_hw.artifact import read_artifact
 from petra_hw.assess import compile_model, judge
 from petra_hw.backend import check_supported, get_backend
-from petra_hw.baseline import predict
+from petra_hw.baseline import predict_split
 from petra_hw.errors import ArtifactError, UserError
 from petra_hw.pipeline import Pipeline
 from petra_hw.precision import PrecisionIntent
@@ -48,7 +48,7 @@ def fast(cpu_profile):
 
 @pytest.fixture(scope="module")
 def reference(digits):
-    return {n: predict(digits.model, digits.splits.by_name(n).x) for n in ("val", "test")}
+    return {n: predict_split(digits.model, digits.splits.by_name(n)) for n in ("val", "test")}
 
 
 def intent(precision: str, options: dict) -> PrecisionIntent:
@@ -219,7 +219,7 @@ def ort_int8(digits, cpu_profile, tmp_path_factory):
 
 def test_artifact_loads_in_a_fresh_process_elsewhere(ort_int8, digits, tmp_path) -> None:
     moved = shutil.copytree(ort_int8.path, tmp_path / "moved")
-    x = digits.splits.test.x[:5].numpy()
+    x = digits.splits.test.inputs(5).numpy()
     np.save(tmp_path / "x.npy", x)
     code = (
         "import sys, numpy as np, petra_hw; r = petra_hw.load(sys.argv[1]); "
@@ -292,7 +292,7 @@ def test_cifar10_resnet20_int8(cpu_profile, tmp_path) -> None:
     suite = load_suite("cifar10-resnet20")  # a short baseline: this checks INT8 compiles,
     suite = dataclasses.replace(suite, train=dataclasses.replace(suite.train, epochs=4))  # not SOTA
     baseline = get_baseline(suite, 0)
-    ref = {n: predict(baseline.model, baseline.splits.by_name(n).x) for n in ("val", "test")}
+    ref = {n: predict_split(baseline.model, baseline.splits.by_name(n)) for n in ("val", "test")}
     fast = dataclasses.replace(
         cpu_profile,
         measurement=MeasureSettings(

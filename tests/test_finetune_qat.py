@@ -27,7 +27,7 @@ from petra_hw.steps.qat import (
     round_weights_int8,
     step_roles,
 )
-from petra_hw.suite import Split, Splits
+from petra_hw.suite import Splits
 from petra_hw.training import TrainingError
 
 
@@ -35,8 +35,8 @@ def small_context(baseline, text: str, n_train: int = 128, n_calib: int = 64) ->
     """A context whose train/calib splits are slices of the real ones (fast on 2 cores)."""
     s = baseline.splits
     splits = Splits(
-        Split(s.train.x[:n_train], s.train.y[:n_train]),
-        Split(s.calib.x[:n_calib], s.calib.y[:n_calib]),
+        s.train.take(n_train),
+        s.calib.take(n_calib),
         s.val,
         s.test,
     )
@@ -92,14 +92,14 @@ def test_qat_model_exports_qdq_that_onnxruntime_runs(qat_model, digits, tmp_path
     nodes, _ = _qdq_nodes(path)
     kinds = {n.op_type for n in nodes}
     assert kinds == {"QuantizeLinear", "DequantizeLinear"}
-    x = digits.splits.val.x
+    x = digits.splits.val.inputs()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         want = qat_model.eval()(x).numpy()
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
     assert (got.argmax(1) == want.argmax(1)).mean() > 0.98
-    assert (got.argmax(1) == digits.splits.val.y.numpy()).mean() > 0.9
+    assert (got.argmax(1) == digits.splits.val.targets().numpy()).mean() > 0.9
     assert is_fake_quantized(qat_model)  # export worked on a copy
 
 
@@ -109,7 +109,7 @@ def test_qat_qdq_runs_in_openvino(qat_model, digits, tmp_path):
     spec = InputSpec("input", (None, *digits.suite.input_shape))
     path = export_onnx(qat_model, spec, tmp_path / "qat.onnx")
     compiled = ov.Core().compile_model(str(path), "CPU")
-    x = digits.splits.val.x[:64]
+    x = digits.splits.val.inputs(64)
     got = compiled(x.numpy())[0]
     with torch.no_grad():
         want = qat_model(x).numpy()
@@ -141,7 +141,7 @@ def test_intermediate_qat_folds_into_plain_model(digits, tmp_path):
     assert all(len(torch.unique(row)) <= 128 for row in w)  # on the 7-bit weight grid
     save_model(model, tmp_path / "m.pt")  # ordinary modules: serializable
     loaded, _ = load_model(tmp_path / "m.pt", digits.suite.build_model)
-    x = digits.splits.val.x[:32]
+    x = digits.splits.val.inputs(32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
 

@@ -43,7 +43,7 @@ from petra_hw.profiles import (
     matches,
 )
 from petra_hw.steps.base import StepContext
-from petra_hw.suite import Split, Splits
+from petra_hw.suite import Splits
 
 HAS_CUDA = torch.cuda.is_available()
 no_gpu = pytest.mark.skipif(HAS_CUDA or bool(gpu_names()), reason="this host has an NVIDIA GPU")
@@ -79,7 +79,7 @@ def _request(digits, tmp_path, precision: str, profile: str = "rtx6000ada", **op
         out_dir=tmp_path / f"{precision}-{profile}",
         input_spec=InputSpec("input", (None, *digits.suite.input_shape)),
         profile=load_profile(profile),
-        calib=Split(digits.splits.calib.x[:64], digits.splits.calib.y[:64]),
+        calib=digits.splits.calib.take(64),
         options=tuple(sorted(options.items())),
     )
 
@@ -136,8 +136,8 @@ def qat_model(digits):
 
     s = digits.splits
     splits = Splits(
-        Split(s.train.x[:128], s.train.y[:128]),
-        Split(s.calib.x[:64], s.calib.y[:64]),
+        s.train.take(128),
+        s.calib.take(64),
         s.val,
         s.test,
     )
@@ -152,7 +152,7 @@ def test_qat_model_gives_signed_qdq_for_tensorrt(digits, qat_model, tmp_path) ->
         qat_model, _request(digits, tmp_path, "int8", int8_mode="qat"), path
     )
     assert info["quantization"]["mode"] == "qat" and info["quantization"]["quantize_linear"] > 0
-    _check_trt_int8_graph(path, qat_model, digits.splits.val.x)
+    _check_trt_int8_graph(path, qat_model, digits.splits.val.inputs())
 
 
 def test_ptq_gives_symmetric_signed_qdq_for_tensorrt(digits, tmp_path) -> None:
@@ -160,7 +160,7 @@ def test_ptq_gives_symmetric_signed_qdq_for_tensorrt(digits, tmp_path) -> None:
     request = _request(digits, tmp_path, "int8", int8_mode="static", calibration="minmax")
     info = trt_backend.prepare_onnx(digits.model, request, path)["quantization"]
     assert info["mode"] == "static" and info["symmetric"] and info["calibration_samples"] == 64
-    _check_trt_int8_graph(path, digits.model, digits.splits.val.x)
+    _check_trt_int8_graph(path, digits.model, digits.splits.val.inputs())
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "qat"])
@@ -388,7 +388,7 @@ def test_torch_fp16_artifact_stores_half_weights(digits, tmp_path) -> None:
     assert next(digits.model.parameters()).dtype == torch.float32  # the caller's model untouched
     program = torch.export.load(artifact.file("model.pt2")).module()
     assert {p.dtype for p in program.parameters()} == {torch.float16}
-    x = digits.splits.val.x[:16]
+    x = digits.splits.val.inputs(16)
     with torch.no_grad():
         got, want = program(x.half()).float(), digits.model(x)
     assert (got.argmax(1) == want.argmax(1)).float().mean() > 0.9
@@ -497,7 +497,7 @@ def ort_cuda_here():
 @pytest.mark.parametrize("precision, tol", [("fp32", 1e-2), ("fp16", 5e-2)])
 def test_torch_cuda_matches_cpu(digits, tmp_path, precision, tol):
     runner, _ = _compile_torch(digits, tmp_path, precision)
-    x = digits.splits.val.x[:64]
+    x = digits.splits.val.inputs(64)
     got, want = runner(x.numpy()), _want(digits.model, x)
     assert runner.device == "cuda"
     assert np.abs(got - want).max() <= tol * np.abs(want).max()
@@ -513,7 +513,7 @@ def test_cuda_graphs_runner_equals_eager(digits, tmp_path):
     graphs, _ = _compile_torch(digits, tmp_path, "fp16", cuda_graphs=True)
     assert isinstance(graphs, CudaGraphRunner)
     for n in (1, 5, 1):  # a second shape, then the first graph replayed again
-        x = digits.splits.val.x[:n].numpy()
+        x = digits.splits.val.inputs(n).numpy()
         np.testing.assert_allclose(graphs(x), eager(x), rtol=1e-2, atol=1e-2)
     assert len(graphs.graphs) == 2
 
@@ -546,7 +546,7 @@ def test_ort_cuda_runs_every_node_on_the_gpu(digits, tmp_path, ort_cuda_here, pr
     assert (
         runner.session.get_session_options().get_session_config_entry(ortb.NO_CPU_FALLBACK) == "1"
     )
-    x = digits.splits.val.x[:64]
+    x = digits.splits.val.inputs(64)
     got, want = runner(x.numpy()), _want(digits.model, x)
     assert runner.device == "cuda" and got.shape == want.shape
     assert np.abs(got - want).max() <= tol * np.abs(want).max()
@@ -565,7 +565,7 @@ def test_tensorrt_float_engine_builds_and_runs(digits, tmp_path, tensorrt_here, 
     assert cache.is_file() and artifact.path not in cache.parents
     assert built["tf32"] is (precision != "fp32")  # fp32 engines do not use TF32
     runner = trt_backend.TensorRTBackend().load(read_artifact(artifact.path))
-    x = digits.splits.val.x[:100]  # larger than the profile's largest batch: split
+    x = digits.splits.val.inputs(100)  # larger than the profile's largest batch: split
     got, want = runner(x.numpy()), _want(digits.model, x)
     assert np.abs(got - want).max() <= tol * np.abs(want).max()
     one = runner(x[:1].numpy())  # the batch-1 optimization profile
@@ -588,7 +588,7 @@ def test_tensorrt_int8_engine_builds_and_runs(digits, qat_model, tmp_path, tenso
     assert artifact.manifest["quantization"]["mode"] == mode
     assert artifact.manifest["quantization"]["quantize_linear"] > 0
     runner = trt_backend.TensorRTBackend().load(read_artifact(artifact.path))
-    x = digits.splits.val.x[:100]
+    x = digits.splits.val.inputs(100)
     got, want = runner(x.numpy()), _want(model, x)
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
     one = runner(x[:1].numpy())

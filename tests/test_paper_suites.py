@@ -122,10 +122,10 @@ def test_appliances_splits_whole_weeks_train_statistics(appliances_csv) -> None:
     assert sum(len(i) for i in ids) == 103 and all(len(i) >= 7 for i in ids)
     assert all(i.max() - i.min() >= 42 for i in ids)  # every split spans the season
     assert any(not np.array_equal(x, y) for x, y in zip(ids, _ids(b)))
-    assert tuple(a.train.x.shape[1:]) == suite.input_shape
+    assert tuple(a.train.inputs().shape[1:]) == suite.input_shape
     # standardized with train statistics only
-    np.testing.assert_allclose(a.train.x.mean(dim=(0, 2)).numpy(), 0, atol=1e-4)
-    assert float(a.train.y.mean()) == pytest.approx(0, abs=1e-5)
+    np.testing.assert_allclose(a.train.inputs().mean(dim=(0, 2)).numpy(), 0, atol=1e-4)
+    assert float(a.train.targets().mean()) == pytest.approx(0, abs=1e-5)
     mean, std = a.target_scale
     assert 10 < mean < 20 and 2 < std < 8  # kWh per day
 
@@ -134,7 +134,7 @@ def test_appliances_rmse_is_in_kwh(appliances_csv) -> None:
     suite = load_suite("appliances-inceptiontime")
     splits = suite.load_splits(DataContext(appliances_csv.parents[1], 0))
     mean, std = splits.target_scale
-    y_kwh = splits.test.y.numpy() * std + mean
+    y_kwh = splits.test.targets().numpy() * std + mean
     assert suite.score(lambda x: np.zeros((len(x), 1)), splits, "test") == pytest.approx(
         float(np.sqrt(np.mean((y_kwh - mean) ** 2))), rel=1e-5
     )
@@ -219,14 +219,14 @@ def test_transaction_splits_are_by_client(cdnow) -> None:
     _assert_disjoint(ids)
     assert sum(len(i) for i in ids) == len(cdnow.client_ids)
     assert any(not np.array_equal(x, y) for x, y in zip(ids, _ids(b)))
-    x = a.train.x
+    x = a.train.inputs()
     assert x.dtype == torch.float32 and tuple(x.shape[1:]) == (32, 6)
     mask = x[..., 0]
     lengths = mask.sum(1)
     assert torch.equal(mask, (torch.arange(32)[None] < lengths[:, None]).float())
     assert not x[mask == 0].any()  # padding is all zeros
     assert torch.equal(x[..., 1:3], x[..., 1:3].round())  # categories are exact float indices
-    rates = [float(a.by_name(n).y.float().mean()) for n in SPLITS]
+    rates = [float(a.by_name(n).targets().float().mean()) for n in SPLITS]
     assert max(rates) - min(rates) < 0.01  # stratified by label
 
 
@@ -274,7 +274,7 @@ def test_coles_encoder_exports_and_ignores_padding(tiny_transactions, tmp_path) 
     suite, splits = tiny_transactions
     torch.manual_seed(0)
     model = suite.build_model().eval()
-    x = splits.val.x[:6].clone()
+    x = splits.val.inputs(6).clone()
     _onnx_matches(model, x, tmp_path / "coles.onnx")
     noisy = x.clone()
     pad = noisy[..., 0] == 0
@@ -301,7 +301,7 @@ def test_coles_trains_with_its_own_loss_and_compresses(tiny_transactions) -> Non
     model = _apply("Pr", model, suite, splits, ratio=0.5, structured=False)
     zeros = [float((m.weight == 0).float().mean()) for m in model.modules() if type(m) is nn.Linear]
     assert max(zeros) >= 0.45
-    assert model(splits.val.x[:4]).shape == (4, 8)
+    assert model(splits.val.inputs(4)).shape == (4, 8)
 
 
 def test_coles_quality_through_onnxruntime_artifact(
@@ -319,7 +319,7 @@ def test_coles_quality_through_onnxruntime_artifact(
     )
     profile = dataclasses.replace(cpu_profile, measurement=quick)
     artifact = compile_model(model, suite, splits, profile, "onnxruntime", "fp32", tmp_path)
-    reference = {"val": predict(model, splits.val.x)}
+    reference = {"val": predict(model, splits.val.inputs())}
     result = judge(artifact, suite, splits, profile, reference, ("val",), fresh_process=False)
     auc = result.quality["val"]
     assert 0.0 <= auc <= 1.0
@@ -345,11 +345,11 @@ def test_imagenette_reads_an_image_folder(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     suite = make_imagenette(image_size=32)
     splits = suite.load_splits(DataContext(tmp_path, 0))
-    assert tuple(splits.train.x.shape[1:]) == suite.input_shape == (3, 32, 32)
+    assert tuple(splits.train.inputs().shape[1:]) == suite.input_shape == (3, 32, 32)
     assert len(splits.test) == 20 and sum(len(splits.by_name(n)) for n in SPLITS[:3]) == 50
     _assert_disjoint(_ids(splits))
-    assert set(splits.test.y.tolist()) == set(range(10))
-    assert abs(float(splits.train.x.mean())) < 0.5  # ImageNet-normalised
+    assert set(splits.test.targets().tolist()) == set(range(10))
+    assert abs(float(splits.train.inputs().mean())) < 0.5  # ImageNet-normalised
 
 
 def test_imagenette_missing_data_says_where_it_looked(tmp_path, monkeypatch) -> None:

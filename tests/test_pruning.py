@@ -129,14 +129,14 @@ def test_resnet20_global_taylor_keeps_channel_multiples(cifar):
         c.out_channels for c in ResNet20().modules() if isinstance(c, nn.Conv2d)
     )
     assert model.fc.out_features == 10
-    assert model(cifar[1].train.x[:2]).shape == (2, 10)
+    assert model(cifar[1].train.inputs(2)).shape == (2, 10)
 
 
 @pytest.mark.slow  # the first dynamo export in a process costs ~10 s of tracing set-up
 def test_pruned_resnet20_exports_to_onnx_and_matches_onnxruntime(cifar, tmp_path):
     torch.manual_seed(0)
     model = pruning_step(ResNet20(), Step.make("Pr", ratio=0.3), make_ctx(cifar, 4))
-    x = cifar[1].calib.x[:4]
+    x = cifar[1].calib.inputs(4)
     path = tmp_path / "pruned.onnx"
     torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, external_data=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -209,7 +209,7 @@ def test_lowrank_factored_model_still_prunes(digits, criterion, scope):
         assert model.features[3][0].out_channels == kept(12, 0.3, 1)
         assert model.classifier[2][0].out_features == kept(8, 0.3, 1)
     assert model.classifier[2][1].out_features == 10
-    assert model(digits[1].train.x[:5]).shape == (5, 10)
+    assert model(digits[1].train.inputs(5)).shape == (5, 10)
 
 
 @pytest.mark.parametrize(("criterion", "scope"), [("l1", "uniform"), ("lamp", "global")])

@@ -55,7 +55,7 @@ def test_from_torch_infers_what_is_unambiguous(suite) -> None:
     assert suite.input_shape == (1, 8, 8) and suite.metric.name == "accuracy"
     assert [len(splits.by_name(n)) for n in ("train", "val", "test")] == [1100, 350, 347]
     # calib: a seeded sample of train, every class in it (not the first rows of a sorted set)
-    assert len(splits.calib) == 512 and len(set(splits.calib.y.tolist())) == 10
+    assert len(splits.calib) == 512 and len(set(splits.calib.targets().tolist())) == 10
     assert suite.train.batch_size == 64  # the training loader's
 
 

@@ -168,7 +168,9 @@ def test_interleaved_timing_keeps_every_round(run_dir, digits) -> None:
     profile = load_profile(str(next(run_dir.parent.parent.glob("*.toml"))))
     refs = _references(run_dir)
     arts = {n: refs[n].artifact for n in ("ort-x86", CONTROL)}
-    timed = measure_interleaved(arts, profile, digits.splits.test.x.numpy(), (1, 4), rounds=3)
+    timed = measure_interleaved(
+        arts, profile, digits.splits.test.inputs().numpy(), (1, 4), rounds=3
+    )
     for t in timed.values():
         for b in (1, 4):
             assert len(t.samples_ms[b]) >= 3 * profile.measurement.min_iters

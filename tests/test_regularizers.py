@@ -22,7 +22,7 @@ from petra_hw.steps.regularizers import (
     orthogonality_loss,
     sparsity_loss,
 )
-from petra_hw.suite import DataContext, Split, load_suite
+from petra_hw.suite import DataContext, load_suite
 
 F64 = torch.float64
 
@@ -149,9 +149,7 @@ def digits_data():
     suite = load_suite("digits")
     splits = suite.load_splits(DataContext(None, 0))
     train, calib = splits.train, splits.calib
-    return suite, dataclasses.replace(
-        splits, train=Split(train.x[:256], train.y[:256]), calib=Split(calib.x[:64], calib.y[:64])
-    )
+    return suite, dataclasses.replace(splits, train=train.take(256), calib=calib.take(64))
 
 
 def _model(suite) -> nn.Module:
@@ -184,7 +182,7 @@ def test_reg_step_keeps_architecture(digits_data, reg: str) -> None:
     assert _architecture(model) == arch
     assert all(p.requires_grad for p in model.parameters())
     with torch.no_grad():
-        assert torch.isfinite(model.eval()(splits.calib.x[:32])).all()
+        assert torch.isfinite(model.eval()(splits.calib.inputs(32))).all()
 
 
 def _hoyer_of(layer: nn.Module) -> float:

@@ -164,6 +164,6 @@ def test_kill_9_during_compile_leaves_nothing_loadable_or_a_complete_artifact(di
         except UserError:
             outcomes.add("refused")
             continue
-        runner(digits.splits.test.x[:2].numpy())
+        runner(digits.splits.test.inputs(2).numpy())
         outcomes.add("complete")
     assert outcomes  # every kill ended in one of the two acceptable states

@@ -31,7 +31,12 @@ def evaluated(digits, tmp_path_factory):
     original = evaluate_candidate(Candidate(Pipeline.make()), ctx)
     ptq = evaluate_candidate(Candidate(Pipeline.parse("PTQ")), ctx)
     assert original.ok and ptq.ok
-    return original, ptq, load_profile(str(root / "fast.toml")), digits.splits.calib.x[:16].numpy()
+    return (
+        original,
+        ptq,
+        load_profile(str(root / "fast.toml")),
+        digits.splits.calib.inputs(16).numpy(),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def test_splits_are_disjoint_and_deterministic(name: str) -> None:
         np.testing.assert_array_equal(x, y)
     assert any(not np.array_equal(x, y) for x, y in zip(ids[:3], _ids(c)[:3]))
     assert all(len(s) > 0 for s in (a.train, a.calib, a.val, a.test))
-    assert tuple(a.train.x.shape[1:]) == suite.input_shape
+    assert tuple(a.train.inputs().shape[1:]) == suite.input_shape
 
 
 def test_stratified_split_keeps_class_balance() -> None:

@@ -71,7 +71,7 @@ def test_artifact_keeps_real_calib_rows(artifact) -> None:
     rows = timing_inputs(read_artifact(artifact.path))
     assert rows is not None and TIMING_INPUTS in read_artifact(artifact.path).all_files
     # all calib rows fit (12 < the largest batch size 32), as float32, in their order
-    np.testing.assert_array_equal(rows, SPLITS.calib.x.numpy())
+    np.testing.assert_array_equal(rows, SPLITS.calib.inputs().numpy())
     assert tiled(rows, 32).shape == (32, 3) and (tiled(rows, 32)[12:24] == rows).all()
 
 

@@ -53,7 +53,7 @@ from torch import nn
 
 from petra_hw.assess import compile_model, judge
 from petra_hw.backend import choose_backend as _choose_backend
-from petra_hw.baseline import Baseline, predict
+from petra_hw.baseline import Baseline, predict, predict_split
 from petra_hw.errors import UserError
 from petra_hw.fsutil import disk_full
 from petra_hw.nncf_extension import ExtensionBuildError
@@ -248,14 +248,14 @@ def _load_env(ctx: EvalContext) -> _Env:
         return _ENVS[key]
     suite = load_suite(ctx.suite)
     profile = load_profile(ctx.profile)
-    splits = suite.load_splits(DataContext(ctx.data_dir, ctx.seed))
+    splits = suite.read_splits(DataContext(ctx.data_dir, ctx.seed))
     model = suite.build_model()
     model.load_state_dict(torch.load(ctx.baseline_weights, weights_only=True, map_location="cpu"))
     model.eval()
     baseline = Baseline(suite, model, splits, ctx.seed, {}, cached=True)
     original_outputs = None
     if ctx.mode == "pretrained":
-        original_outputs = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
+        original_outputs = {n: predict_split(model, splits.by_name(n)) for n in ("val", "test")}
     env = _Env(suite, profile, baseline, original_outputs)
     _ENVS[key] = env
     return env
@@ -302,15 +302,15 @@ def _losses(env: _Env, loss_name: str) -> tuple[float, float]:
         suite, splits = env.suite, env.baseline.splits
         loss_fn = make_loss(loss_name, suite.default_loss)
         start = evaluate_loss(env.baseline.model, splits.calib, loss_fn)
-        y = splits.calib.y
+        y = splits.calib.targets()
         if isinstance(loss_fn, SuiteLoss):  # a suite's own objective has no constant predictor
             env.base_losses[loss_name] = (start, 0.0)
             return env.base_losses[loss_name]
         if isinstance(loss_fn, nn.CrossEntropyLoss):
-            classes = suite.num_outputs or int(splits.train.y.max()) + 1
+            classes = suite.num_outputs or int(splits.train.targets().max()) + 1
             constant = torch.zeros(len(y), classes)
         else:
-            constant = torch.full(y.shape, float(splits.train.y.float().mean()))
+            constant = torch.full(y.shape, float(splits.train.targets().float().mean()))
         with torch.no_grad():
             chance = float(compute_loss(loss_fn, constant, y))
         env.base_losses[loss_name] = (start, chance)
@@ -379,7 +379,7 @@ def applied_pipeline(ctx: EvalContext, suite: Suite, pipeline: Pipeline) -> Pipe
 
 
 def _finite_outputs(model: nn.Module, splits: Splits) -> bool:
-    return bool(np.isfinite(predict(model, splits.calib.x[:64])).all())
+    return bool(np.isfinite(predict(model, splits.calib.inputs(64))).all())
 
 
 def objectives_of(assessment, pipeline: Pipeline) -> dict[str, float]:
@@ -507,7 +507,7 @@ def _evaluate(
         timings["compile_s"] = time.perf_counter() - t
         expected = env.original_outputs
         if expected is None:  # untrained mode: parity against this candidate's own FP32 model
-            expected = {n: predict(model, splits.by_name(n).x) for n in ("val", "test")}
+            expected = {n: predict_split(model, splits.by_name(n)) for n in ("val", "test")}
 
     with _phase("measure", ctx.run_dir), measuring():
         assessment = judge(artifact, suite, splits, profile, expected)

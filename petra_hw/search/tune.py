@@ -626,8 +626,8 @@ class _Session:
 
             s = self.settings
             data_dir = Path(s.data_dir) if s.data_dir else None
-            splits = load_suite(s.suite).load_splits(DataContext(data_dir, s.seed))
-            self._calib = splits.calib.x[:64].numpy()
+            splits = load_suite(s.suite).read_splits(DataContext(data_dir, s.seed))
+            self._calib = splits.calib.inputs(64).numpy()
         return self._calib
 
     def _evaluate_batch(self, executor: Executor, batch: list[Candidate]) -> list[Evaluation]:

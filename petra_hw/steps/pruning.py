@@ -97,9 +97,7 @@ def _train_sample(ctx: StepContext, n: int) -> Split:
     """A seeded random subset of the train split (never val/test)."""
     data = ctx.splits.train
     gen = torch.Generator().manual_seed(ctx.seed)
-    idx = torch.randperm(len(data), generator=gen)[: min(n, len(data))]
-    ids = data.ids[idx.numpy()] if data.ids is not None else None
-    return Split(data.x[idx], data.y[idx], ids)
+    return data.subset(torch.randperm(len(data), generator=gen)[: min(n, len(data))])
 
 
 def _loss_fn(ctx: StepContext) -> nn.Module:
@@ -113,8 +111,7 @@ def accumulate_taylor_grads(model: nn.Module, ctx: StepContext) -> None:
     model.eval()  # BN running statistics must not move while we only measure
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        for i in range(0, len(data), GRAD_BATCH_SIZE):
-            x, y = data.x[i : i + GRAD_BATCH_SIZE], data.y[i : i + GRAD_BATCH_SIZE]
+        for x, y in data.batches(GRAD_BATCH_SIZE):
             (batch_loss(loss_fn, model, x, y) / n_batches).backward()
 
 
@@ -129,9 +126,9 @@ def accumulate_fisher_diagonal(model: nn.Module, ctx: StepContext) -> None:
     fisher = [torch.zeros_like(p) for p in params]
     model.eval()
     with torch.enable_grad():
-        for i in range(len(data)):
+        for x, y in data.batches(1):
             model.zero_grad(set_to_none=True)
-            batch_loss(loss_fn, model, data.x[i : i + 1], data.y[i : i + 1]).backward()
+            batch_loss(loss_fn, model, x, y).backward()
             for f, p in zip(fisher, params, strict=True):
                 if p.grad is not None:
                     f += p.grad.pow(2)

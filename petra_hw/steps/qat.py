@@ -143,7 +143,8 @@ def _quantize(model: nn.Module, ctx: StepContext) -> nn.Module:
     nncf_extension.prepare()  # build NNCF's C++ extension under control, or use its reference
 
     calib = ctx.splits.calib
-    batches = [calib.x[i : i + CALIB_BATCH] for i in range(0, len(calib), CALIB_BATCH)]
+    # a list, not a generator: NNCF's statistics differ when fed a re-iterable generator
+    batches = list(calib.input_batches(CALIB_BATCH))
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
         return nncf.quantize(
             model.eval(),

@@ -50,7 +50,7 @@ from petra_hw.steps.regularizers import (
     orth_hoyer_penalty,
     sparsity_loss,
 )
-from petra_hw.suite import Split
+from petra_hw.suite import ModelLoss
 from petra_hw.training import ExtraLoss, compute_loss, make_loss, train
 
 log = logging.getLogger(__name__)
@@ -95,43 +95,28 @@ class SVDLayer(nn.Module):
         return self.template
 
 
-class _Tap(nn.Module):
-    """Runs ``model`` on dataset rows looked up by index and keeps the last (x, y, output).
+class _Tap:
+    """Runs ``model`` on each training batch and keeps the last (x, y, output).
 
     ``train`` hands ``extra_loss`` only the model, but Lai and sparsity need the batch's targets;
-    feeding indices through this wrapper gives them without a second training loop.
+    the tap is the training objective (a suite-style ``loss(model, x, y)``), so it sees them
+    without a second training loop, whatever the split streams from.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, input_grad: bool):
-        super().__init__()
-        self.model = model
-        self.x, self.y = x, y
+    def __init__(self, inner: nn.Module, input_grad: bool) -> None:
+        self.inner = inner  # the pipeline's named loss, computed on the tapped outputs
         self.input_grad = input_grad
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.x[idx]
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.input_grad:
             x = x.detach().requires_grad_(True)
-        out = self.model(x)
-        self.last = (x, self.y[idx], out)
-        return out
+        out = model(x)
+        self.last = (x, y, out)
+        return compute_loss(self.inner, out, y)
 
 
 _TapTerm = Callable[[_Tap], torch.Tensor]
-
-
-def _indexed(train_split: Split, monitor: Split) -> tuple[Split, Split, torch.Tensor, torch.Tensor]:
-    """Index splits over the concatenated rows of ``train_split`` and ``monitor``."""
-    n, m = len(train_split), len(monitor)
-    x = torch.cat([train_split.x, monitor.x])
-    y = torch.cat([train_split.y, monitor.y])
-    return (
-        Split(torch.arange(n), train_split.y, train_split.ids),
-        Split(torch.arange(n, n + m), monitor.y, monitor.ids),
-        x,
-        y,
-    )
 
 
 def _per_sample(loss_fn: nn.Module, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -148,21 +133,20 @@ def _run(
     ctx: StepContext,
     step: Step,
     extra: ExtraLoss | None,
-    data: Split | None = None,
-    monitor: Split | None = None,
+    objective: ModelLoss | None = None,
 ) -> None:
     train(
         model,
-        ctx.splits.train if data is None else data,
+        ctx.splits.train,
         epochs=int(step["epochs"]),
         batch_size=ctx.suite.train.batch_size,
         optimizer=ctx.optimizer,
         lr=ctx.lr,
-        loss=ctx.loss,
-        default_loss=ctx.suite.default_loss,
+        loss=ctx.loss if objective is None else "default",
+        default_loss=ctx.suite.default_loss if objective is None else objective,
         seed=ctx.seed,
         extra_loss=extra,
-        monitor=ctx.splits.calib if monitor is None else monitor,
+        monitor=ctx.splits.calib,
         epoch_callback=ctx.epoch_callback,
         fraction=ctx.fidelity,
     )
@@ -244,9 +228,8 @@ def _with_batch_term(model: nn.Module, step: Step, ctx: StepContext) -> nn.Modul
     reg, strength = str(step["reg"]), float(step["strength"])
     loss_fn = make_loss(ctx.loss, ctx.suite.default_loss)
     loss_fn.reduction = "none"
-    train_split, monitor, x, y = _indexed(ctx.splits.train, ctx.splits.calib)
     if reg == "lai":
-        if not x.is_floating_point():
+        if not ctx.splits.train.inputs(1).is_floating_point():
             raise ValueError("Reg(lai) needs floating-point inputs (it differentiates w.r.t. them)")
         term = _lai_term(loss_fn, ctx.suite.task == "classification", strength)
     else:
@@ -254,8 +237,8 @@ def _with_batch_term(model: nn.Module, step: Step, ctx: StepContext) -> nn.Modul
         if not weights:
             raise ValueError("Reg(sparsity): the model has no Linear, Conv or Embedding weights")
         term = _sparsity_term(loss_fn, weights, strength)
-    tap = _Tap(model, x, y, input_grad=reg == "lai")
-    _run(tap, ctx, step, lambda _: term(tap), train_split, monitor)
+    tap = _Tap(make_loss(ctx.loss, ctx.suite.default_loss), input_grad=reg == "lai")
+    _run(model, ctx, step, lambda _: term(tap), tap)
     return model
 
 

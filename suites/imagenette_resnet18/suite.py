@@ -3,10 +3,12 @@
 Imagenette is not shipped: give a folder ``imagenette2-160/`` or ``imagenette/`` (holding
 ``train/`` and ``val/``, one subfolder per class as torchvision's ``ImageFolder`` reads them) under
 ``--data-dir``, ``$PETRA_DATA_DIR`` or ``../shared/data``.  Images are resized (shorter side) and
-centre-cropped to ``image_size`` (64 by default, so the baseline trains on a CPU) and normalised
-with the ImageNet statistics.  The official ``val`` folder is the test split; the official train
-images are split, stratified and seeded, into train / calib / val.  The model is torchvision's
-resnet18 with its ImageNet stem and a 10-way head.
+centre-cropped to ``image_size`` (160 by default, the paper's Imagenette size) and normalised with
+the ImageNet statistics.  The splits stream from the files (``Split.from_dataset`` over torchvision's
+``ImageFolder``): an image is decoded when a batch needs it, never the whole set into memory.  The
+official ``val`` folder is the test split; the official train images are split, stratified and
+seeded, into train / calib / val.  The model is torchvision's resnet18 with its ImageNet stem and a
+10-way head.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from petra_hw.errors import UserError
@@ -34,7 +35,7 @@ from petra_hw.suite import (
 log = logging.getLogger(__name__)
 
 FOLDERS = ("imagenette2-160", "imagenette")
-IMAGE_SIZE = 64
+IMAGE_SIZE = 160  # the paper's Imagenette resolution
 TRAIN_FRACTIONS = (0.8, 0.08, 0.12)  # train, calib, val (of the official train images)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -56,8 +57,9 @@ def find_imagenette(data_dir: Path | None) -> Path:
     raise UserError(f"Imagenette not found: looked for {'; '.join(dict.fromkeys(seen))}. {HINT}")
 
 
-def read_folder(folder: Path, size: int, classes: list[str] | None = None):
-    """All images of an ImageFolder tree as one normalised float tensor, with labels and classes."""
+def image_folder(folder: Path, size: int, classes: list[str] | None = None):
+    """An ``ImageFolder`` tree as a dataset of normalised ``size`` x ``size`` images (decoded on
+    access) and class labels."""
     from torchvision import datasets, transforms
 
     transform = transforms.Compose(
@@ -73,22 +75,19 @@ def read_folder(folder: Path, size: int, classes: list[str] | None = None):
         raise UserError(f"{folder}: classes {data.classes} differ from train's {classes}")
     if not data.samples:
         raise UserError(f"{folder}: no images")
-    x = torch.stack([data[i][0] for i in range(len(data))])
-    return x, np.asarray(data.targets, dtype=np.int64), data.classes
+    return data
 
 
 def load_imagenette(ctx: DataContext, size: int = IMAGE_SIZE) -> Splits:
     folder = find_imagenette(ctx.data_dir)
-    log.info("Imagenette from %s at %dx%d", folder, size, size)
-    x_tr, y_tr, classes = read_folder(folder / "train", size)
-    x_te, y_te, _ = read_folder(folder / "val", size, classes)
+    log.info("Imagenette from %s at %dx%d (streamed from the files)", folder, size, size)
+    train = image_folder(folder / "train", size)
+    test = image_folder(folder / "val", size, train.classes)
+    y_tr = np.asarray(train.targets, dtype=np.int64)
     parts = stratified_split(y_tr, TRAIN_FRACTIONS, ctx.seed)
-
-    def split(x: torch.Tensor, y: np.ndarray, idx: np.ndarray, offset: int = 0) -> Split:
-        return Split(x[idx], torch.from_numpy(y[idx]), idx + offset)
-
-    test = np.arange(len(y_te))
-    return Splits(*(split(x_tr, y_tr, p) for p in parts), split(x_te, y_te, test, len(y_tr)))
+    whole = Split.from_dataset(train, np.arange(len(train)))
+    test_ids = np.arange(len(test)) + len(train)
+    return Splits(*(whole.subset(p) for p in parts), Split.from_dataset(test, test_ids))
 
 
 def build_resnet18(num_classes: int = 10) -> nn.Module:
@@ -97,8 +96,9 @@ def build_resnet18(num_classes: int = 10) -> nn.Module:
     return resnet18(num_classes=num_classes)
 
 
-def make_suite(image_size: int = IMAGE_SIZE) -> Suite:
-    """The suite at ``image_size`` x ``image_size`` pixels (64 by default)."""
+def make_suite(image_size: int = IMAGE_SIZE, num_workers: int = 0) -> Suite:
+    """The suite at ``image_size`` x ``image_size`` pixels (160 by default), its images decoded
+    by ``num_workers`` loader processes (0: in the process that reads them)."""
     return Suite(
         name="imagenette-resnet18"
         if image_size == IMAGE_SIZE
@@ -114,6 +114,7 @@ def make_suite(image_size: int = IMAGE_SIZE) -> Suite:
             "torchvision ResNet-18"
         ),
         num_outputs=10,
+        num_workers=num_workers,
     )
 
 
