@@ -400,26 +400,24 @@ def test_codec_decodes_every_point_into_the_space() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="regression found at the merge of noise-aware dominance (issue 20c) with the new "
-    "survivor rule (20a): mean HV 0.0683 vs random 0.0691 at 200 evaluations; each part alone "
-    "passes; with every noise band zero (pymoo's sorting) it passes: under investigation",
-)
 def test_evolution_beats_random_at_equal_evaluations() -> None:
-    """At 200 evaluations evolution's mean hypervolume beats random's on the toy (9 of 10 seeds
-    in development).  At ~100 evaluations the two tie: 16 of them are the shared random start,
-    and random sampling is strong on a small budget, so that is not asserted."""
+    """At 400 evaluations evolution's mean hypervolume beats random's on the toy by over 5%.
+
+    Measured (docs/decisions.md, issue 20e): seeds 0-9 evolution 0.0792 vs random 0.0708
+    (1.12x, 10 of 10 seeds); seeds 0-49 0.0791 vs 0.0719 (1.10x, 47 of 50; each block of 10 seeds
+    1.07-1.12x).  At 200 evaluations the gap is real but thin next to seed noise (seeds 0-49:
+    0.0712 vs 0.0694, 35 of 50; seeds 0-4 alone once put random ahead), and at ~100 the two tie:
+    16 of them are the shared random start, and random sampling is strong on a small budget."""
     space = SearchSpace.default()
     obj = objectives(names=("quality", "latency_ms", "size_bytes"))
     hv: dict[str, list[float]] = {"evolution": [], "random": []}
-    for seed in range(5):
+    for seed in range(10):
         for name in hv:
             s = get_strategy(name, space, seed=seed, objectives=obj)
-            _run(s, 25, batch=8)
-            assert s.n_told == 200
+            _run(s, 50, batch=8)
+            assert s.n_told == 400
             hv[name].append(s.hv_history[-1])
-    assert np.mean(hv["evolution"]) > np.mean(hv["random"]), hv
+    assert np.mean(hv["evolution"]) > 1.05 * np.mean(hv["random"]), hv
 
 
 def test_stopper_rules() -> None:
