@@ -145,7 +145,7 @@ def final_figures(
         return journaled(f"the final interleaved re-measurement lacks {named}")
     return Figures(
         REMEASURED,
-        f"re-measured interleaved in one process ({record.get('rounds', '?')} rounds, the "
+        f"figures re-measured interleaved in one process ({record.get('rounds', '?')} rounds, the "
         "Original, the front and the references round-robin); size is bytes on disk",
         values,
     )
