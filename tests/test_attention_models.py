@@ -89,7 +89,7 @@ def test_depthwise_convs_are_recorded_as_skipped(mobile, text) -> None:
     effects: list = []
     ctx = context(mobile, text, effects)
     get_step(ctx.pipeline.steps[0].kind)(copy.deepcopy(mobile.model), ctx.pipeline.steps[0], ctx)
-    assert effects and effects[0].changed and "1 grouped or depthwise" in effects[0].why_skipped
+    assert effects and effects[0].changed and "grouped or depthwise" in effects[0].why_skipped
 
 
 def test_guard_is_exact_without_changes() -> None:

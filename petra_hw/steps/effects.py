@@ -43,6 +43,17 @@ class StepEffect:
         return StepEffect(**d)
 
 
+def skipped_effect(step: object, reasons: list[tuple[int, str]]) -> StepEffect | None:
+    """One effect for layers skipped for several reasons, ``(count, why)`` each (zero counts
+    dropped); the counts prefix each reason only when there is more than one.  None: none
+    skipped."""
+    kept = [(n, why) for n, why in reasons if n]
+    if not kept:
+        return None
+    why = kept[0][1] if len(kept) == 1 else "; ".join(f"{n} {why}" for n, why in kept)
+    return StepEffect(str(step), skipped=sum(n for n, _ in kept), why_skipped=why)
+
+
 class NoOpStep(Exception):
     """A step changed nothing; the message is its effect's note."""
 

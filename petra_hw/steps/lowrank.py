@@ -33,7 +33,7 @@ from petra_hw.steps.attention import (
     guard_fast_path,
 )
 from petra_hw.steps.base import StepContext, register
-from petra_hw.steps.effects import StepEffect
+from petra_hw.steps.effects import StepEffect, skipped_effect
 
 log = logging.getLogger(__name__)
 
@@ -327,22 +327,19 @@ def lowrank_step(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     )
     guard_fast_path(model)
     cheap = len(layers) - len(ranks)
-    attention = attention_projections(model)
-    grouped = grouped_convs(model)
     why = f"not cheaper at the rank {rule}={threshold} selects"
-    reasons = [f"{cheap} {why}"] if cheap else []
-    if attention:
-        reasons.append(f"{attention} {ATTENTION_SKIP_REASON}")
-    if grouped:
-        reasons.append(f"{grouped} {GROUPED_SKIP_REASON}")
+    skipped = skipped_effect(
+        step,
+        [
+            (cheap, why),
+            (attention_projections(model), ATTENTION_SKIP_REASON),
+            (grouped_convs(model), GROUPED_SKIP_REASON),
+        ],
+    )
     if not layers:
         ctx.record(StepEffect.no_op(step, "no Linear, Conv or Embedding layer to factorize"))
     elif not ranks:
         ctx.record(StepEffect.no_op(step, f"decomposed 0 of {len(layers)} layers: {why}"))
-    elif reasons:
-        ctx.record(
-            StepEffect(
-                str(step), skipped=cheap + attention + grouped, why_skipped="; ".join(reasons)
-            )
-        )
+    elif skipped is not None:
+        ctx.record(skipped)
     return model

@@ -32,7 +32,7 @@ from petra_hw.steps.attention import (
     guard_fast_path,
 )
 from petra_hw.steps.base import ALL_SETTINGS, StepContext, register
-from petra_hw.steps.effects import StepEffect
+from petra_hw.steps.effects import skipped_effect
 from petra_hw.steps.lowrank import (
     GROUPED_SKIP_REASON,
     build_pair,
@@ -184,13 +184,15 @@ def _orth_hoyer(model: nn.Module, step: Step, ctx: StepContext) -> nn.Module:
     for name, layer in zip(names, layers, strict=True):
         model = replace_module(model, name, layer.fold())
     guard_fast_path(model)  # plain layers again: the fast path is back
-    attention, grouped = attention_projections(model), grouped_convs(model)
-    reasons = [f"{attention} {ATTENTION_SKIP_REASON}"] if attention else []
-    if grouped:
-        reasons.append(f"{grouped} {GROUPED_SKIP_REASON}")
-    if reasons:
-        why = "; ".join(reasons)
-        ctx.record(StepEffect(str(step), skipped=attention + grouped, why_skipped=why))
+    skipped = skipped_effect(
+        step,
+        [
+            (attention_projections(model), ATTENTION_SKIP_REASON),
+            (grouped_convs(model), GROUPED_SKIP_REASON),
+        ],
+    )
+    if skipped is not None:
+        ctx.record(skipped)
     return model
 
 
