@@ -23,7 +23,7 @@ from petra_hw.steps import get_step
 from petra_hw.steps.attention import guard_fast_path
 from petra_hw.steps.base import StepContext
 from petra_hw.steps.qat import _quantize, fold_batchnorm
-from petra_hw.suite import ACCURACY, Split, Splits, Suite, TrainConfig, load_suite
+from petra_hw.suite import ACCURACY, Splits, Suite, TrainConfig, load_suite
 from petra_hw.value import slower_than_original
 from suites.digits.suite import load_digits_splits
 
@@ -38,8 +38,7 @@ def transformer():
 def context(baseline, text: str, effects: list | None = None) -> StepContext:
     """Train/calib slices of the real splits (fast on 2 cores); effects land in ``effects``."""
     s = baseline.splits
-    splits = Splits(Split(s.train.x[:256], s.train.y[:256]), Split(s.calib.x[:64], s.calib.y[:64]),
-                    s.val, s.test)  # fmt: skip
+    splits = Splits(s.train.take(256), s.calib.take(64), s.val, s.test)
     report = effects.append if effects is not None else None
     return StepContext(baseline.suite, splits, Pipeline.parse(text), report=report)
 
@@ -58,7 +57,7 @@ def test_lowrank_guards_the_fast_path_of_changed_layers(transformer, tmp_path) -
     model = get_step("LR")(copy.deepcopy(transformer.model), ctx.pipeline.steps[0], ctx).eval()
     assert type(model.encoder.layers[0].linear1) is nn.Sequential  # factorized
     assert fast_path_flags(model) == [0, 0]  # fast path off where the projections changed
-    x = transformer.splits.val.x[:16]
+    x = transformer.splits.val.inputs(16)
     with torch.no_grad():  # eval + no grad: where the fast path would read linear1.weight
         out = model(x)
     assert out.shape == (16, 10)
@@ -80,7 +79,7 @@ def test_reg_trains_through_the_fast_path_and_gives_it_back(transformer) -> None
     assert type(model.encoder.layers[0].linear1) is nn.Linear  # folded back
     assert fast_path_flags(model) == [1, 1]
     with torch.no_grad():
-        assert torch.isfinite(model(transformer.splits.val.x[:8])).all()
+        assert torch.isfinite(model(transformer.splits.val.inputs(8))).all()
     assert effects[0].skipped == 4 and "MultiheadAttention" in effects[0].why_skipped
 
 
@@ -122,7 +121,7 @@ def test_every_step_kind_changes_the_transformer_or_says_why(transformer, text) 
     if step.kind == "LR" or (step.kind == "Pr" and step["structured"]):
         assert effects and effects[0].skipped > 0  # attention: skipped N layers, with the reason
     with torch.no_grad():
-        assert torch.isfinite(after.eval()(transformer.splits.val.x[:8])).all()
+        assert torch.isfinite(after.eval()(transformer.splits.val.inputs(8))).all()
 
 
 def test_structured_pruning_keeps_heads_and_prunes_ffn(transformer) -> None:
