@@ -170,7 +170,12 @@ def test_value_against_peers(benchmark, suite_name: str, tmp_path: Path) -> None
         "rounds": ROUNDS,
         "targets": TARGETS,
         "verdict": verdict,
-        "run": {"id": run["id"], "stats": run["stats"], "value": run["value"]},
+        "run": {
+            "id": run["id"],
+            "stats": run["stats"],
+            "value": run["value"],
+            "value_figures": run["value_figures"],  # which figures the run's own lines used
+        },
         "artifacts": rows,
     }
     (OUT / f"value-{suite_name}.json").write_text(json.dumps(record, indent=1, default=str))
