@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 Task = Literal["classification", "regression", "embedding"]
 
 
+READ_BATCH = 256  # samples per batch where a streamed split is read only for its targets or rows
+EVAL_BATCH = 256  # samples per batch where a model only predicts (see Split.eval_batch_size)
+EVAL_BATCH_BYTES = 16 * 1024**2  # at most this many bytes of inputs in such a batch
+
+
 class Split:
     """The samples of one split, read in batches: CPU tensors, or a ``torch.utils.data.Dataset``
     of ``(input, target)`` samples that is never loaded whole (``Split.from_dataset``).
@@ -54,6 +59,7 @@ class Split:
         self.ids = ids  # source row/sample ids, used to prove disjointness
         self.num_workers = int(num_workers)
         self._targets: torch.Tensor | None = y
+        self._sample_bytes: int | None = None  # bytes of one input, read once
 
     @classmethod
     def from_dataset(
@@ -157,13 +163,24 @@ class Split:
         part = self if n is None else self.take(n)
         return torch.cat(list(part.input_batches(READ_BATCH)))
 
-    def outputs(self, predict: Callable[[torch.Tensor], np.ndarray], batch_size: int = 256):
+    def eval_batch_size(self, limit: int = EVAL_BATCH) -> int:
+        """Samples per batch where a model only predicts: ``limit``, fewer where that many inputs
+        would exceed ``EVAL_BATCH_BYTES`` (a forward pass's activations grow with the batch, and
+        224 px images at 256 a batch take gigabytes; small inputs keep 256, and their results)."""
+        if self._sample_bytes is None:
+            self._sample_bytes = max(1, int(np.prod(self.inputs(1).shape[1:])) * 4)
+        return max(1, min(limit, EVAL_BATCH_BYTES // self._sample_bytes))
+
+    def outputs(
+        self, predict: Callable[[torch.Tensor], np.ndarray], batch_size: int | None = None
+    ) -> np.ndarray:
         """``predict`` over every input batch, in index order, as one array (the targets are
-        kept on the way, so ``targets`` costs no second pass over a streamed split)."""
+        kept on the way, so ``targets`` costs no second pass over a streamed split); batches of
+        ``eval_batch_size`` unless ``batch_size`` is given."""
         import torch
 
         outs, ys = [], []
-        for x, y in self.batches(batch_size):
+        for x, y in self.batches(batch_size or self.eval_batch_size()):
             outs.append(np.asarray(predict(x)))
             ys.append(y)
         if self._targets is None and ys:
@@ -179,9 +196,6 @@ class Split:
             if self._targets is None:
                 self._targets = torch.cat([y for _, y in self.batches(READ_BATCH)])
         return self._targets
-
-
-READ_BATCH = 256  # samples per batch where a streamed split is read only for its targets or rows
 
 
 def _dataset_targets(dataset: Any) -> torch.Tensor | None:

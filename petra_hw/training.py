@@ -103,11 +103,12 @@ def batch_loss(
 
 @torch.no_grad()
 def evaluate_loss(
-    model: nn.Module, split: Split, loss_fn: nn.Module, batch_size: int = 256
+    model: nn.Module, split: Split, loss_fn: nn.Module, batch_size: int | None = None
 ) -> float:
+    """Mean loss over ``split`` (batches of ``split.eval_batch_size()`` unless given)."""
     model.eval()
     total, n = 0.0, 0
-    for x, y in split.batches(batch_size):
+    for x, y in split.batches(batch_size or split.eval_batch_size()):
         total += float(batch_loss(loss_fn, model, x, y)) * len(x)
         n += len(x)
     return total / max(n, 1)
