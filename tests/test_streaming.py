@@ -154,3 +154,12 @@ def test_no_library_code_reads_split_tensors() -> None:
                 if pattern.search(code):
                     offenders.append(f"{path.relative_to(ROOT)}:{no}: {line.strip()}")
     assert not offenders, offenders
+
+
+def test_prediction_batches_are_bounded_in_bytes(digits) -> None:
+    """Small inputs keep 256 a batch (and their results); 224 px images get fewer."""
+    assert digits.splits.val.eval_batch_size() == 256
+    images = Split.from_dataset(Rows(torch.zeros(40, 3, 224, 224), torch.zeros(40)))
+    assert images.eval_batch_size() == 16 * 1024**2 // (3 * 224 * 224 * 4) == 27
+    sizes = [len(x) for x, _ in images.batches(images.eval_batch_size())]
+    assert sizes == [27, 13]
