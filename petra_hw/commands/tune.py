@@ -162,6 +162,13 @@ def add_parser(sub) -> None:
         help="plain mutation: no learned cost model choosing among --mutants children (ablation)",
     )
     p.add_argument(
+        "--no-variants",
+        dest="variants",
+        action="store_false",
+        help="compile each candidate for one backend only, not for every backend of the device "
+        "that runs its precision (ablation; --backend pins one backend too)",
+    )
+    p.add_argument(
         "--mutants",
         type=_positive_int,
         default=None,

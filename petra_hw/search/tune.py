@@ -127,6 +127,10 @@ class TuneSettings:
     screening: bool = True
     cost_model: bool = True
     mutants: int = 8
+    # Compile each trained full-fidelity candidate for every other backend of the profile that
+    # supports its precision, each its own point (``petra_hw.search.variants``); off: one
+    # backend per candidate (an ablation, and what runs journaled before variants do).
+    variants: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -243,8 +247,8 @@ class TuneSettings:
     @staticmethod
     def from_json(d: dict[str, Any]) -> TuneSettings:
         names = {f.name for f in dataclasses.fields(TuneSettings)}
-        # a run journaled before multi-fidelity search keeps evaluating at full fidelity
-        return TuneSettings(**{"fidelity_rungs": (), **{k: v for k, v in d.items() if k in names}})
+        older = {"fidelity_rungs": (), "variants": False}  # runs journaled before either
+        return TuneSettings(**{**older, **{k: v for k, v in d.items() if k in names}})
 
 
 @dataclass(frozen=True)
@@ -636,6 +640,18 @@ class _Session:
         front = pareto_front(before, self.objectives)
         return halving.run(batch, front, lambda todo: self._evaluate(executor, todo))
 
+    def _evaluate_variants(
+        self, executor: Executor, profile: DeviceProfile, evaluations: list[Evaluation]
+    ) -> list[Evaluation]:
+        """The backend variants of the batch's trained candidates (``search.variants``), each
+        admitted by the time budget and timed out on its own, journaled as it finishes."""
+        from petra_hw.search.variants import variant_candidates
+
+        if not self.settings.variants:
+            return []
+        todo = variant_candidates(evaluations, profile, self.settings.backend)
+        return self._evaluate(executor, todo) if todo else []
+
     def _arm_budget(self, executor: Executor, profile: DeviceProfile) -> None:
         """Give the executor the run's deadline and admission rule (a hard time budget), less
         a reserve for the final interleaved re-measurement of the front."""
@@ -804,6 +820,7 @@ class _Session:
                 self.store.save_state(self.run_id, strategy.generation, strategy.state_dict())
             try:
                 last = self._evaluate_batch(executor, batch)
+                last += self._evaluate_variants(executor, profile, last)
             except _BudgetStop as stop:
                 reason = str(stop)
                 break
