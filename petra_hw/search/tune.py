@@ -257,7 +257,7 @@ class TuneProgress:
 
     run_id: str
     generation: int
-    evaluations: int  # journaled, the Original included
+    evaluations: int  # journaled, the Original included, backend variants not (they are points)
     max_evaluations: int | None
     elapsed_s: float
     budget_s: float | None
@@ -529,7 +529,7 @@ class _Session:
             TuneProgress(
                 run_id=self.run_id,
                 generation=self.generation,
-                evaluations=len(self.journal),
+                evaluations=sum(1 for e in self.journal.values() if not e.candidate.variant),
                 max_evaluations=None if s.evaluations is None else s.evaluations + 1,
                 elapsed_s=self.search_elapsed(),
                 budget_s=s.budget_s,
