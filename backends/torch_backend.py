@@ -87,6 +87,7 @@ def wants_cuda_graphs(request: CompileRequest) -> bool:
 class TorchBackend(BaseBackend):
     name = "torch"
     precisions = ("fp32", "fp16")
+    search_variant = False  # the eager reference: no compiler, not worth a search's time
 
     def available(self, profile: DeviceProfile) -> str | None:
         if profile.is_gpu and not torch.cuda.is_available():

@@ -81,6 +81,9 @@ class Backend(Protocol):
     precisions: tuple[str, ...]
     # whether zeroed weights (unstructured masks) make its artifacts faster or smaller
     sparse_weights: bool
+    # whether the search compiles a trained candidate for it beside the first backend that
+    # supports the candidate's precision (``supporting_backends``; the eager torch reference not)
+    search_variant: bool
 
     def available(self, profile: DeviceProfile) -> str | None: ...
 
@@ -100,6 +103,7 @@ class BaseBackend:
     # Dense runtimes (ONNX Runtime, OpenVINO CPU, TensorRT without 2:4 sparsity) store and
     # multiply zeros like any weight: an unstructured mask saves neither time nor bytes there.
     sparse_weights: bool = False
+    search_variant: bool = True
 
     def available(self, profile: DeviceProfile) -> str | None:
         return None
@@ -194,6 +198,22 @@ def choose_backend(
     raise UserError(
         f"no backend of device '{profile.name}' can compile {intent.label()}: {'; '.join(reasons)}"
     )
+
+
+def supporting_backends(profile: DeviceProfile, intent: PrecisionIntent) -> list[str]:
+    """Every backend of the profile that compiles ``intent`` here, in the profile's order: the
+    first is the one ``choose_backend`` picks, the others are where a search compiles the same
+    trained model again as its backend variants (``search_variant`` backends only)."""
+    found = []
+    for name in profile.backends:
+        try:
+            backend = get_backend(name)
+            check_supported(backend, profile, intent)
+        except UserError:
+            continue
+        if not found or getattr(backend, "search_variant", True):
+            found.append(name)
+    return found
 
 
 def load_runner(artifact: Artifact | str | Path, profile: DeviceProfile | None = None) -> Runner:

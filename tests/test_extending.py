@@ -58,7 +58,8 @@ def test_tune_runs_a_plugin_end_to_end(digits, tmp_path, capsys) -> None:
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"kinds": ["Soft", "LR"], "max_len": 2}))
     out = tmp_path / "runs"
-    argv = ["tune", "--device", str(profile), "--evaluations", "2", "--population", "2",
+    argv = ["tune", "--suite", "digits", "--device", str(profile), "--evaluations", "2",
+            "--population", "2",
             "--strategy", "one-step-first", "--plugin", str(PLUGIN), "--space", str(space),
             "--out", str(out)]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err

@@ -83,8 +83,9 @@ def test_an_older_journal_is_migrated(tmp_path) -> None:
         store.create_run("r", suite="s", profile="p", strategy="x", seed=0, settings={},
                          fingerprint={})  # fmt: skip
         store.add_evaluation("r", ORIGINAL)
-    conn = sqlite3.connect(path)  # back to schema 2: no fidelity column
+    conn = sqlite3.connect(path)  # back to schema 2: no fidelity (nor variant) column
     conn.execute("ALTER TABLE evaluations DROP COLUMN fidelity")
+    conn.execute("ALTER TABLE evaluations DROP COLUMN variant")
     conn.execute("PRAGMA user_version=2")
     conn.commit()
     conn.close()

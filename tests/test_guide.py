@@ -191,7 +191,8 @@ def test_the_ablation_switches_turn_both_off(digits, tmp_path) -> None:
     from petra_hw.cli import main
     from petra_hw.search.store import JOURNAL_NAME, Store
 
-    argv = ["tune", "--device", str(FAST_PROFILE), "--evaluations", "1", "--population", "1"]
+    argv = ["tune", "--suite", "digits", "--device", str(FAST_PROFILE), "--evaluations", "1"]
+    argv += ["--population", "1"]
     argv += ["--no-references", "--no-screening", "--no-cost-model", "--mutants", "3"]
     assert main([*argv, "--out", str(tmp_path)]) == 0
     [journal] = tmp_path.glob(f"*/{JOURNAL_NAME}")

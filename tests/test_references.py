@@ -33,7 +33,8 @@ def run_dir(tmp_path_factory, digits) -> Path:
     root = tmp_path_factory.mktemp("refs")
     profile = root / "no-openvino.toml"
     profile.write_text(NO_OPENVINO.replace('name = "cpu-fast"', 'name = "cpu-no-ov"'))
-    argv = ["tune", "--device", str(profile), "--evaluations", "2", "--population", "2"]
+    argv = ["tune", "--suite", "digits", "--device", str(profile), "--evaluations", "2"]
+    argv += ["--population", "2"]
     assert main([*argv, "--out", str(root / "runs")]) == 0
     (found,) = (root / "runs").iterdir()
     return found

@@ -16,7 +16,7 @@ def _ids(splits) -> list[np.ndarray]:
     return [splits.by_name(n).ids for n in ("train", "calib", "val", "test")]
 
 
-@pytest.mark.parametrize("name", ["digits", "cifar10-resnet20"])
+@pytest.mark.parametrize("name", ["digits", "digits-wide", "cifar10-resnet20"])
 def test_splits_are_disjoint_and_deterministic(name: str) -> None:
     suite = load_suite(name)
     a = suite.load_splits(DataContext(None, 0))

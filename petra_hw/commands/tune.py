@@ -1,6 +1,8 @@
 """``petra-hw tune``: search compression pipelines for a suite on a device, measured there.
 
-A bare ``petra-hw tune`` searches the digits suite on ``--device auto`` for three minutes.  The
+A bare ``petra-hw tune`` searches the ``digits-wide`` suite (``DEFAULT_SUITE``: a model whose
+compute dominates its per-operator overhead, so what compression saves shows) on ``--device auto``
+for three minutes.  The
 run is journaled under ``--out`` (``runs/`` by default) and ``--resume RUN`` continues it.
 
 Every option's ``dest`` is a field of ``TuneSettings``; ``_options`` copies them by field name
@@ -19,6 +21,8 @@ from typing import Any
 
 from petra_hw.console import console, errors, mb, table
 from petra_hw.errors import UserError
+
+DEFAULT_SUITE = "digits-wide"  # what a bare ``petra-hw tune`` searches (see the module doc)
 
 
 def parse_budget(text: str) -> float:
@@ -72,7 +76,11 @@ def _rungs(text: str) -> tuple[float, ...]:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="search compression pipelines measured on the device (default)")
-    p.add_argument("--suite", default="digits", help="bundled suite name or path to a suite.py")
+    p.add_argument(
+        "--suite",
+        default=DEFAULT_SUITE,
+        help=f"bundled suite name or path to a suite.py (default {DEFAULT_SUITE})",
+    )
     p.add_argument("--device", default="auto", help="profile name, path to a .toml, or auto")
     p.add_argument("--data-dir", type=Path, default=None, help="where suites look for data files")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, training and search")
@@ -160,6 +168,13 @@ def add_parser(sub) -> None:
         dest="cost_model",
         action="store_false",
         help="plain mutation: no learned cost model choosing among --mutants children (ablation)",
+    )
+    p.add_argument(
+        "--no-variants",
+        dest="variants",
+        action="store_false",
+        help="compile each candidate for one backend only, not for every backend of the device "
+        "that runs its precision (ablation; --backend pins one backend too)",
     )
     p.add_argument(
         "--mutants",

@@ -147,6 +147,7 @@ def _evaluation(
         "over_budget": over_budget,
         "backend": ev.backend,
         "precision": ev.precision,
+        "variant": ev.variant,  # "backend/precision" of a backend variant, else ""
         "quality": dict(ev.quality),
         "parity": dict(ev.parity),
         "objectives": dict(ev.objectives),

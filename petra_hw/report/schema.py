@@ -84,7 +84,8 @@ _EVALUATION = {
     ],
     "properties": {
         "seq": {"type": "integer", "minimum": 1},
-        "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        # a backend variant's id names its backend: <hash>.<backend> (search.variants)
+        "id": {"type": "string", "pattern": "^[0-9a-f]{16}([.][A-Za-z0-9_-]+)?$"},
         "pipeline": {"type": "string"},
         "pipeline_json": {
             "type": "object",
@@ -102,6 +103,7 @@ _EVALUATION = {
         "on_front": {"type": "boolean"},
         "backend": {"type": "string"},
         "precision": {"type": "string"},
+        "variant": {"type": "string"},
         "quality": _NUM_MAP,
         "parity": _NUM_MAP,
         "objectives": _NUM_MAP,

@@ -8,7 +8,8 @@ candidate and stops running ones at the deadline:
   expectation is measured, not modelled: its parent's wall time, else the median of evaluations
   with the same step kinds, else the median of all, each scaled to the candidate's fidelity (the
   training share of ``apply_s`` scales, compiling and timing do not); with no measurement yet it
-  is started;
+  is started; a backend variant (``search.variants``) is admitted on its own, expected to take
+  what the run's variants for the same backend took (else any variant's median; none: started);
 - a running candidate still busy at the deadline is stopped and recorded with ``error_kind``
   ``budget``: not the candidate's failure (no strategy is told it, and a resume evaluates it
   again, as it does ``infra`` entries).
@@ -48,7 +49,16 @@ def expected_seconds(candidate: Candidate, journal: Mapping[str, Evaluation]) ->
             bool(e.candidate.pipeline.steps) and e.error_kind != BUDGET and "total_s" in e.timings_s
         )
 
-    measured = [e for e in journal.values() if not e.candidate.reference and usable(e)]
+    if candidate.variant:  # compile + judge only: other variants, never a training's time
+        variants = [e for e in journal.values() if e.candidate.variant and usable(e)]
+        same = [e for e in variants if e.candidate.variant == candidate.variant]
+        pool = same or variants
+        return statistics.median(e.timings_s["total_s"] for e in pool) if pool else None
+    measured = [
+        e
+        for e in journal.values()
+        if not e.candidate.reference and not e.candidate.variant and usable(e)
+    ]
     parent = journal.get(candidate.parent or "")
     if parent is not None and usable(parent):
         return scaled_seconds(parent, candidate.fidelity)

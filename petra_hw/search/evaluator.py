@@ -15,6 +15,11 @@ becomes an ``Evaluation`` with ``error`` and ``error_kind``:
   taken, NNCF's extension set-up); its message starts with ``disk full: `` for a full disk.  Tune
   stops the run as ``interrupted`` and a resume evaluates the candidate again.
 
+A backend variant (``Candidate.variant``, ``petra_hw.search.variants``) skips the steps: it
+compiles the model its parent's evaluation trained, held in this worker's memory (the last
+``TRAINED_KEPT``) or restored from the prefix cache, and is never trained again; a model held in
+neither is the variant's ``compile`` error.
+
 Phases and locks: applying steps and compiling run under a *shared* compute lock; judging
 (quality through the runner, then the profiler's timing) runs under the *exclusive* one, so a
 measurement never overlaps training or compiling in another worker on this machine (see
@@ -26,13 +31,15 @@ Fault injection for tests: ``PETRA_HW_FAULT`` (read only by ``fault_from_env``, 
 ``step`` (raises while applying), ``export`` (raises while compiling), ``nan`` (NaN weights, so a
 training step meets a NaN loss), ``timeout`` (hangs), ``crash`` (the worker is SIGKILLed, as by the
 OOM killer), ``segfault`` (dereferences NULL), ``diskfull`` (raises ENOSPC, as a full disk
-does).  ``KIND@Step`` limits it to pipelines containing that step kind, e.g. ``nan@Tr``.  The
+does).  ``KIND@Step`` limits it to pipelines containing that step kind, e.g. ``nan@Tr``, and
+``KIND@backend`` to the backend variants compiled for that backend, e.g. ``timeout@openvino``.  The
 Original is never faulted: every objective is normalised against it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import errno
 import fcntl
@@ -43,6 +50,7 @@ import os
 import shutil
 import signal
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -147,10 +155,13 @@ def fault_from_env() -> str | None:
     return spec
 
 
-def _active_fault(spec: str | None, pipeline: Pipeline) -> str | None:
+def _active_fault(spec: str | None, candidate: Candidate) -> str | None:
+    pipeline = candidate.pipeline
     if not spec or not pipeline.steps:
         return None
     kind, _, only = spec.partition("@")
+    if candidate.variant:  # ``KIND@<backend>`` strikes that backend's variants only
+        return kind if only in ("", candidate.variant) else None
     if only and all(s.kind != only for s in pipeline.steps):
         return None
     return kind
@@ -239,6 +250,11 @@ class _Env:
 
 
 _ENVS: dict[tuple, _Env] = {}
+# (run folder, candidate id) -> the trained model of a full-fidelity candidate this worker
+# evaluated, kept for its backend variants (``petra_hw.search.variants``); the most recent
+# ``TRAINED_KEPT`` (a generation's worth) stay.
+_TRAINED: OrderedDict[tuple[Path, str], nn.Module] = OrderedDict()
+TRAINED_KEPT = 16
 
 
 def _load_env(ctx: EvalContext) -> _Env:
@@ -440,7 +456,12 @@ def _evaluate(
         torch.set_num_threads(ctx.train_threads)
     suite, profile, splits = env.suite, env.profile, env.baseline.splits
     pipeline = candidate.pipeline
-    if candidate.reference:  # a one-shot recipe: its own backend and options, never the pin
+    if candidate.variant:  # the trained model of ``parent`` on this other backend
+        intent = deployed_intent(pipeline, profile)
+        options = {}
+        state["precision"] = intent.label()
+        backend = choose_backend(profile, intent, candidate.variant)
+    elif candidate.reference:  # a one-shot recipe: its own backend and options, never the pin
         recipe = get_recipe(candidate.reference)
         intent = recipe.intent(deployed_intent(Pipeline.make(), profile).precision)
         options = dict(recipe.options)
@@ -452,40 +473,26 @@ def _evaluate(
         state["precision"] = intent.label()
         backend = choose_backend(profile, intent, ctx.backend)
     state["backend"] = backend
-    fault = _active_fault(ctx.fault, pipeline)
+    fault = _active_fault(ctx.fault, candidate)
     out_dir = ctx.run_dir / ("references" if candidate.reference else "candidates") / candidate.id
 
     with _phase("step", ctx.run_dir), computing():
         t = time.perf_counter()
-        with _phase("step", ctx.run_dir):
-            from petra_hw.apply import apply
-
-            baseline = env.baseline
-            if fault == "nan":
-                poisoned = _poisoned(baseline.model)
-                baseline = Baseline(suite, poisoned, splits, ctx.seed, {}, cached=True)
-            _fire(fault)
-            try:
-                applied = apply(
-                    applied_pipeline(ctx, suite, pipeline),
-                    baseline,
-                    suite,
-                    channel_multiple=profile.channel_multiple,
-                    seed=ctx.seed,
-                    cache=_prefix_cache(env, ctx, fault),
-                    epoch_callback=_cut_callback(env, ctx.cut, pipeline),
-                    stop_on_noop=True,
-                    fidelity=candidate.fidelity,
-                )
-            except NoOpStep as exc:  # the shorter pipeline again: not compiled, not timed
-                raise _Failed(NO_OP, str(exc)) from None
-            model = applied.model
-            finite = _finite_outputs(model, splits)
-        state["cache_hits"] = applied.cache_hit
+        cache_hits, notes = 0, []
+        if candidate.variant:
+            with _phase("compile", ctx.run_dir):
+                _fire(fault)
+                model = _trained_model(env, ctx, candidate)
+                finite = True
+        else:
+            with _phase("step", ctx.run_dir):
+                model, finite, cache_hits, notes = _train(env, ctx, candidate, fault, timings)
+        state["cache_hits"] = cache_hits
         timings["apply_s"] = time.perf_counter() - t
-        timings["cache_saved_s"] = applied.seconds_saved
         if not finite:
             raise _Failed("nan", "the compressed model outputs non-finite values")
+        if _keeps_trained(candidate, ctx, fault):
+            _keep_trained((ctx.run_dir, candidate.id), model)
 
         t = time.perf_counter()
         with _phase("compile", ctx.run_dir):
@@ -531,11 +538,105 @@ def _evaluate(
         precision=measured_label(intent.label(), assessment.artifact.manifest),
         backend=backend,
         timings_s=timings,
-        cache_hit_steps=applied.cache_hit,
-        step_notes=applied.notes,
+        cache_hit_steps=cache_hits,
+        step_notes=notes,
         fidelity=candidate.fidelity,
     )
     return replace(ev, feasible=feasible(ev, ctx.objectives, ctx.original))
+
+
+def _train(
+    env: _Env, ctx: EvalContext, candidate: Candidate, fault: str | None, timings: dict
+) -> tuple[nn.Module, bool, int, list[str]]:
+    """Apply the candidate's steps: (model, finite outputs, cached steps, step notes)."""
+    from petra_hw.apply import apply
+
+    suite, splits, pipeline = env.suite, env.baseline.splits, candidate.pipeline
+    baseline = env.baseline
+    if fault == "nan":
+        baseline = Baseline(suite, _poisoned(baseline.model), splits, ctx.seed, {}, cached=True)
+    _fire(fault)
+    try:
+        applied = apply(
+            applied_pipeline(ctx, suite, pipeline),
+            baseline,
+            suite,
+            channel_multiple=env.profile.channel_multiple,
+            seed=ctx.seed,
+            cache=_prefix_cache(env, ctx, fault),
+            epoch_callback=_cut_callback(env, ctx.cut, pipeline),
+            stop_on_noop=True,
+            fidelity=candidate.fidelity,
+        )
+    except NoOpStep as exc:  # the shorter pipeline again: not compiled, not timed
+        raise _Failed(NO_OP, str(exc)) from None
+    timings["cache_saved_s"] = applied.seconds_saved
+    finite = _finite_outputs(applied.model, splits)
+    return applied.model, finite, applied.cache_hit, applied.notes
+
+
+def _keeps_trained(candidate: Candidate, ctx: EvalContext, fault: str | None) -> bool:
+    """Whether this evaluation's model may get backend variants (``search.variants``)."""
+    return (
+        candidate.fidelity >= 1.0
+        and bool(candidate.pipeline.steps)
+        and not (candidate.reference or candidate.variant or ctx.backend or fault)
+    )
+
+
+def _keep_trained(key: tuple[Path, str], model: nn.Module) -> None:
+    """Hold a copy of ``model`` for the candidate's variants (compiling may alter the model)."""
+    try:
+        _TRAINED[key] = copy.deepcopy(model)
+    except Exception as exc:  # its variants then fall back to the prefix cache, or fail as data
+        log.warning("cannot keep the trained model of %s for its variants: %s", key[1], exc)
+        return
+    while len(_TRAINED) > TRAINED_KEPT:
+        _TRAINED.popitem(last=False)
+
+
+def _trained_model(env: _Env, ctx: EvalContext, candidate: Candidate) -> nn.Module:
+    """A variant's model: its parent's trained model, from this worker's memory or the prefix
+    cache; never trained again (a model held in neither is the variant's compile error)."""
+    held = _TRAINED.get((ctx.run_dir, candidate.trained_id))
+    if held is not None:
+        return copy.deepcopy(held)
+    cached = _cached_trained(env, ctx, candidate.pipeline)
+    if cached is None:
+        raise _Failed(
+            "compile",
+            f"the trained model of {candidate.trained_id} is neither held by this worker nor in "
+            "the prefix cache; a variant is never trained again",
+        )
+    return cached
+
+
+def _cached_trained(env: _Env, ctx: EvalContext, pipeline: Pipeline) -> nn.Module | None:
+    """The pipeline's model from the prefix cache when the cache holds its last computed step
+    (the deferred steps after it cost nothing), else None."""
+    from petra_hw.apply import DEFERRED, apply, canonicalize, prefix_keys, step_roles
+
+    cache = _prefix_cache(env, ctx, None)
+    if cache is None:
+        return None
+    full = applied_pipeline(ctx, env.suite, pipeline)
+    canon = canonicalize(full)
+    keys = prefix_keys(
+        canon, env.suite.name, env.baseline.state_hash, env.profile.channel_multiple, ctx.seed
+    )
+    computed = [k for k, role in enumerate(step_roles(canon)) if role != DEFERRED]
+    if computed:
+        last = keys[computed[-1]]
+        if last is None or not cache.path(last).exists():
+            return None
+    return apply(
+        full,
+        env.baseline,
+        env.suite,
+        channel_multiple=env.profile.channel_multiple,
+        seed=ctx.seed,
+        cache=cache,
+    ).model
 
 
 def measured_label(label: str, manifest: dict) -> str:

@@ -4,7 +4,8 @@ Common interface: ``submit(candidates)`` yields one ``Evaluation`` per candidate
 finishes (in finishing order), ``close()`` releases the workers, and ``context`` (an
 ``EvalContext``) may be replaced between calls (tune does so once the Original's objectives are
 known).  Timeouts and dead workers become evaluations with ``error_kind`` "timeout" / "crash";
-the search goes on.  A worker killed by SIGTERM/SIGHUP/SIGINT (the machine, not the candidate) and
+the search goes on.  A backend variant (``petra_hw.search.variants``) is a task of its own with
+its own, shorter time limit (``timeout_for``).  A worker killed by SIGTERM/SIGHUP/SIGINT (the machine, not the candidate) and
 a lock wait longer than ``PETRA_HW_LOCK_WAIT_S`` are ``infra``.  The local executor's timeout
 counts a candidate's own compute: its worker reports lock waits, which are not counted.
 
@@ -37,6 +38,7 @@ from typing import Any, Protocol
 from petra_hw.search.budget import BUDGET, NOT_STARTED, BudgetGate
 from petra_hw.search.evaluator import INFRA, EvalContext, evaluate_candidate
 from petra_hw.search.types import Candidate, Evaluation
+from petra_hw.search.variants import timeout_for
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,8 @@ class LocalExecutor:
         self.budget: BudgetGate | None = None
         self._mp = mp.get_context(start_method)
         self._workers = [self._spawn() for _ in range(workers)]
+        # trained candidate id -> the worker holding its model: its variants go there
+        self._holder: dict[str, _Worker] = {}
 
     def _spawn(self) -> _Worker:
         parent, child = self._mp.Pipe(duplex=True)
@@ -200,7 +204,9 @@ class LocalExecutor:
         while pending or any(w.task is not None for w in self._workers):
             for w in list(self._workers):
                 while w.task is None and pending:
-                    task = pending.popleft()
+                    task = self._take(pending, w)
+                    if task is None:  # only variants whose models a busy worker holds
+                        break
                     why = self.budget and self.budget.refusal(task, time.monotonic())
                     if why:
                         yield failed(task, BUDGET, NOT_STARTED + why, 0.0)
@@ -212,7 +218,7 @@ class LocalExecutor:
             busy = [w for w in self._workers if w.task is not None]
             if not busy:
                 continue
-            deadline = min(w.deadline(self.timeout_s) for w in busy)
+            deadline = min(w.deadline(self._timeout(w)) for w in busy)
             if self.budget is not None:
                 deadline = min(deadline, self.budget.deadline)
             waitables = [o for w in busy for o in (w.conn, w.process.sentinel)]
@@ -221,6 +227,20 @@ class LocalExecutor:
                 ev = self._collect(w, ready)
                 if ev is not None:
                     yield ev
+
+    def _take(self, pending: deque[Candidate], w: _Worker) -> Candidate | None:
+        """The first pending task for ``w``: a variant waits for the worker that holds its
+        trained model while that worker lives (``evaluator._TRAINED``)."""
+        for i, task in enumerate(pending):
+            holder = self._holder.get(task.trained_id) if task.variant else None
+            if holder is None or holder is w or holder not in self._workers:
+                del pending[i]
+                return task
+        return None
+
+    def _timeout(self, w: _Worker) -> float:
+        assert w.task is not None
+        return timeout_for(w.task, self.timeout_s)
 
     def _collect(self, w: _Worker, ready: set) -> Evaluation | None:
         """The worker's Evaluation if it finished, a crash or timeout if it died or overran."""
@@ -235,6 +255,8 @@ class LocalExecutor:
                         w.lock_wait(bool(message[1]))
                         continue
                     w.task = None
+                    if message.ok and not candidate.variant:
+                        self._holder[candidate.id] = w
                     return message
             except (EOFError, OSError):
                 broken = True
@@ -256,13 +278,14 @@ class LocalExecutor:
             self._replace(w)
             message = f"waited {LOCK_WAIT_LIMIT_S:g} s for the machine-wide lock"
             return failed(candidate, INFRA, message, elapsed)
-        if w.waiting_since is None and w.own_elapsed(now) >= self.timeout_s:
+        limit = self._timeout(w)
+        if w.waiting_since is None and w.own_elapsed(now) >= limit:
             log.info("candidate %s timed out after %.0f s", candidate.id, elapsed)
             self._replace(w)
             return failed(
                 candidate,
                 "timeout",
-                f"timed out after {self.timeout_s:g} s of its own compute "
+                f"timed out after {limit:g} s of its own compute "
                 f"({w.waited:.0f} s waiting for the machine lock not counted)",
                 elapsed,
             )
@@ -378,11 +401,13 @@ class RayExecutor:
                 if why:
                     yield failed(c, BUDGET, NOT_STARTED + why, 0.0)
                     continue
-                ref = self._remote.remote(c, self.context, self._weights, self.timeout_s)
+                ref = self._remote.remote(
+                    c, self.context, self._weights, timeout_for(c, self.timeout_s)
+                )
                 running[ref] = (c, time.monotonic())
             if not running:
                 continue
-            deadline = min(t for _, t in running.values()) + self._outer_timeout_s
+            deadline = min(t + self._outer_timeout_s(c) for c, t in running.values())
             if self.budget is not None:
                 deadline = min(deadline, self.budget.deadline)
             ready, _ = ray.wait(
@@ -397,18 +422,17 @@ class RayExecutor:
                     ray.cancel(ref, force=True)
                     del running[ref]
                     yield failed(c, BUDGET, self.budget.stopped(now - started), now - started)
-                elif now - started >= self._outer_timeout_s:
+                elif now - started >= self._outer_timeout_s(c):
                     ray.cancel(ref, force=True)
                     del running[ref]
                     yield failed(
                         c, "timeout", f"the Ray task ran {now - started:.0f} s", now - started
                     )
 
-    @property
-    def _outer_timeout_s(self) -> float:
+    def _outer_timeout_s(self, candidate: Candidate) -> float:
         """The driver's safety net: the task's own timeout, plus the longest lock wait it may
         legitimately spend, plus a minute to start its worker."""
-        return self.timeout_s + LOCK_WAIT_LIMIT_S + 60.0
+        return timeout_for(candidate, self.timeout_s) + LOCK_WAIT_LIMIT_S + 60.0
 
     @staticmethod
     def _result(ref: Any, candidate: Candidate, elapsed: float) -> Evaluation:

@@ -70,7 +70,8 @@ class Guide:
         """Learn from measured evaluations (references and failures are skipped)."""
         for ev in evaluations:
             cid = ev.candidate.id
-            if ev.candidate.reference or not ev.ok or cid in self.learned:
+            # a backend variant's features would be its parent's (the probe knows one backend)
+            if ev.candidate.reference or ev.candidate.variant or not ev.ok or cid in self.learned:
                 continue
             s = self.probe.structure(ev.candidate.pipeline)
             if s is None:

@@ -28,7 +28,7 @@ from petra_hw.errors import DiskFull, UserError
 from petra_hw.fsutil import disk_full
 from petra_hw.search.types import Candidate, Evaluation
 
-SCHEMA_VERSION = 3  # 2: the references table; 3: evaluations.fidelity
+SCHEMA_VERSION = 4  # 2: the references table; 3: evaluations.fidelity; 4: evaluations.variant
 T = TypeVar("T")
 JOURNAL_NAME = "journal.sqlite"
 
@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     throughput_ips REAL,
     size_bytes REAL,
     fidelity REAL NOT NULL DEFAULT 1.0,
+    variant TEXT NOT NULL DEFAULT '',
     objectives TEXT NOT NULL,
     data TEXT NOT NULL,
     created REAL NOT NULL,
@@ -107,6 +108,8 @@ _INDEXED = ("quality_val", "latency_ms", "throughput_ips", "size_bytes")
 # Schema version -> statements that bring a journal of the previous version up to it.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: ("ALTER TABLE evaluations ADD COLUMN fidelity REAL NOT NULL DEFAULT 1.0",),
+    # a backend variant's "backend/precision" ('' for an evaluation that trained)
+    4: ("ALTER TABLE evaluations ADD COLUMN variant TEXT NOT NULL DEFAULT ''",),
 }
 # Entries that say nothing about the candidate (the environment failed, or the time budget
 # stopped it): a resumed run's retry replaces them.
@@ -339,15 +342,15 @@ class Store:
             cur = c.execute(
                 "INSERT INTO evaluations (run_id, seq, candidate_id, generation, pipeline, error,"
                 " error_kind, feasible, quality_val, latency_ms, throughput_ips, size_bytes,"
-                " fidelity, objectives, data, created)"
-                " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?,?,?,?,?,?,?,?,?,?,?,?,?,?"
+                " fidelity, variant, objectives, data, created)"
+                " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
                 " FROM evaluations WHERE run_id=?"
                 " ON CONFLICT (run_id, candidate_id) DO UPDATE SET"
                 " generation=excluded.generation, error=excluded.error,"
                 " error_kind=excluded.error_kind, feasible=excluded.feasible,"
                 " quality_val=excluded.quality_val, latency_ms=excluded.latency_ms,"
                 " throughput_ips=excluded.throughput_ips, size_bytes=excluded.size_bytes,"
-                " fidelity=excluded.fidelity,"
+                " fidelity=excluded.fidelity, variant=excluded.variant,"
                 " objectives=excluded.objectives, data=excluded.data, created=excluded.created"
                 f" WHERE evaluations.error_kind IN {RETRIED_KINDS!r}",
                 (
@@ -360,6 +363,7 @@ class Store:
                     int(ev.feasible),
                     *(_number(ev.objectives.get(k)) for k in _INDEXED),
                     float(ev.fidelity),
+                    ev.variant,
                     json.dumps(ev.objectives, sort_keys=True),
                     json.dumps(data, sort_keys=True),
                     time.time(),

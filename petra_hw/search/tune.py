@@ -127,6 +127,10 @@ class TuneSettings:
     screening: bool = True
     cost_model: bool = True
     mutants: int = 8
+    # Compile each trained full-fidelity candidate for every other backend of the profile that
+    # supports its precision, each its own point (``petra_hw.search.variants``); off: one
+    # backend per candidate (an ablation, and what runs journaled before variants do).
+    variants: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -243,8 +247,8 @@ class TuneSettings:
     @staticmethod
     def from_json(d: dict[str, Any]) -> TuneSettings:
         names = {f.name for f in dataclasses.fields(TuneSettings)}
-        # a run journaled before multi-fidelity search keeps evaluating at full fidelity
-        return TuneSettings(**{"fidelity_rungs": (), **{k: v for k, v in d.items() if k in names}})
+        older = {"fidelity_rungs": (), "variants": False}  # runs journaled before either
+        return TuneSettings(**{**older, **{k: v for k, v in d.items() if k in names}})
 
 
 @dataclass(frozen=True)
@@ -253,7 +257,7 @@ class TuneProgress:
 
     run_id: str
     generation: int
-    evaluations: int  # journaled, the Original included
+    evaluations: int  # journaled, the Original included, backend variants not (they are points)
     max_evaluations: int | None
     elapsed_s: float
     budget_s: float | None
@@ -525,7 +529,7 @@ class _Session:
             TuneProgress(
                 run_id=self.run_id,
                 generation=self.generation,
-                evaluations=len(self.journal),
+                evaluations=sum(1 for e in self.journal.values() if not e.candidate.variant),
                 max_evaluations=None if s.evaluations is None else s.evaluations + 1,
                 elapsed_s=self.search_elapsed(),
                 budget_s=s.budget_s,
@@ -648,6 +652,18 @@ class _Session:
         before = [e for e in self.journal.values() if e.candidate.pipeline.hash not in hashes]
         front = pareto_front(before, self.objectives)
         return halving.run(batch, front, lambda todo: self._evaluate(executor, todo))
+
+    def _evaluate_variants(
+        self, executor: Executor, profile: DeviceProfile, evaluations: list[Evaluation]
+    ) -> list[Evaluation]:
+        """The backend variants of the batch's trained candidates (``search.variants``), each
+        admitted by the time budget and timed out on its own, journaled as it finishes."""
+        from petra_hw.search.variants import variant_candidates
+
+        if not self.settings.variants:
+            return []
+        todo = variant_candidates(evaluations, profile, self.settings.backend)
+        return self._evaluate(executor, todo) if todo else []
 
     def _arm_budget(self, executor: Executor, profile: DeviceProfile) -> None:
         """Give the executor the run's deadline and admission rule (a hard time budget), less
@@ -818,6 +834,7 @@ class _Session:
                 self.store.save_state(self.run_id, strategy.generation, strategy.state_dict())
             try:
                 last = self._evaluate_batch(executor, batch)
+                last += self._evaluate_variants(executor, profile, last)
             except _BudgetStop as stop:
                 reason = str(stop)
                 break

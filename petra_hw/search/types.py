@@ -36,16 +36,27 @@ class Candidate:
     # Share of its training steps' epoch budget (``petra_hw.search.fidelity``): 1.0 = full; a
     # reduced rung is its own journal row (``<hash>@<fidelity>``), never on a front.
     fidelity: float = 1.0
+    # A backend variant (``petra_hw.search.variants``): the trained model of the evaluation
+    # ``parent`` compiled for this other backend of the profile; its own journal row
+    # (``<hash>.<backend>``), its own point on the front.  None: the evaluation that trains.
+    variant: str | None = None
 
     @property
     def id(self) -> str:
         if self.reference:
             return f"ref-{self.reference}"
+        if self.variant:
+            return f"{self.pipeline.hash}.{self.variant}"
         return (
             self.pipeline.hash
             if self.fidelity >= 1.0
             else f"{self.pipeline.hash}@{self.fidelity:g}"
         )
+
+    @property
+    def trained_id(self) -> str:
+        """The id of the evaluation that trained this candidate's model (a variant's parent)."""
+        return (self.parent or "") if self.variant else self.id
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,11 @@ class Evaluation:
         return self.error is None
 
     @property
+    def variant(self) -> str:
+        """``backend/precision`` of a backend variant, "" for the evaluation that trained."""
+        return f"{self.backend}/{self.precision}" if self.candidate.variant else ""
+
+    @property
     def full_fidelity(self) -> bool:
         """Only these reach a front, a hypervolume or a report."""
         return self.fidelity >= 1.0
@@ -88,6 +104,7 @@ class Evaluation:
             "operator": self.candidate.operator,
             "reference": self.candidate.reference,
             "fidelity": self.candidate.fidelity,
+            "variant": self.candidate.variant,
         }
         return d
 
@@ -101,5 +118,6 @@ class Evaluation:
             c["operator"],
             c.get("reference"),
             c.get("fidelity", 1.0),
+            c.get("variant"),
         )
         return Evaluation(**{**d, "candidate": cand})

@@ -127,7 +127,8 @@ class Strategy:
         for ev in evaluations:
             self._pending.pop(ev.candidate.id, None)
             self._seen.add(canonical_key(ev.candidate.pipeline))
-        self.n_told += len(evaluations)
+        # a backend variant is another point of a told candidate, not a candidate of its own
+        self.n_told += sum(1 for ev in evaluations if not ev.candidate.variant)
         self._tell(evaluations)
         if self.objectives is not None:
             self.archive = pareto_front(self.archive + evaluations, self.objectives)

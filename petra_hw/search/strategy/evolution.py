@@ -31,7 +31,17 @@ from petra_hw.search.types import Candidate, Evaluation
 
 log = logging.getLogger(__name__)
 
-SEED_PIPELINES = ("LR", "Pr", "PTQ")
+# The first generation: the distinct single-structure pipelines (quantize only; prune, recover,
+# quantize; decompose, recover, quantize; quantization-aware training), not PTQ calibration
+# variants that differ by noise.  A seed whose kinds the run's space lacks (fitted to the model:
+# no LR where no layer decomposes) is left out; values outside the space's ranges are clipped.
+# Pr removes half the channels: the shape that shrinks a CNN (2.7x on ResNet-18, issue 20).
+SEED_PIPELINES = (
+    "PTQ",
+    "Pr(ratio=0.5) - Tr(epochs=3) - PTQ",
+    "LR - Tr(epochs=3) - PTQ",
+    "QAT",
+)
 RANDOM_SURVIVOR_EVERY = 8  # one random survivor per this many; none below this population
 
 
@@ -103,7 +113,8 @@ class EvolutionStrategy(Strategy):
         except NoMutation as exc:
             log.debug("%s; sampling a random pipeline instead", exc)
             return Candidate(self.space.random_pipeline(self.rng), self.generation, None, "random")
-        return Candidate(child, self.generation, parent.candidate.id, op)
+        # a backend variant's child descends from the evaluation that trained the model
+        return Candidate(child, self.generation, parent.candidate.trained_id, op)
 
     def _ask(self, n: int) -> list[Candidate]:
         out: list[Candidate] = []

@@ -155,6 +155,8 @@ class NSGA2Strategy(Strategy):
 
     def _tell(self, evaluations: list[Evaluation]) -> None:
         for ev in evaluations:
+            if ev.candidate.variant:  # one row per genome: the backend that trained it
+                continue
             self._results[canonical_key(ev.candidate.pipeline)] = self._row(ev)
         if self._pop is not None and self._complete():
             self._close_generation()
