@@ -88,7 +88,8 @@ def test_resume_after_kill_reevaluates_nothing(digits, fast_profile, tmp_path, c
 
     after = _rows(run_dir / JOURNAL_NAME)
     assert {k: after[k] for k in before} == before  # journaled rows untouched
-    assert len([k for k in after if "@" not in k]) == 1 + 4  # full fidelity (low rungs: id@f)
+    # candidates at full fidelity (low rungs: id@f; backend variants: id.backend)
+    assert len([k for k in after if "@" not in k and "." not in k]) == 1 + 4
     with Store(run_dir / JOURNAL_NAME) as store:
         record = store.get_run(run_dir.name)
         assert record.status == "finished"
@@ -104,21 +105,26 @@ def test_injected_faults_are_recorded_and_the_search_completes(
 ) -> None:
     monkeypatch.setenv("PETRA_HW_FAULT", "export@Pr")
     out = tmp_path / "runs"
-    argv = ["tune", "--device", fast_profile, "--evaluations", "2", "--population", "2"]
-    assert main([*argv, "--out", str(out)]) == 0  # evolution seeds first: LR, then Pr
+    argv = ["tune", "--suite", "digits", "--device", fast_profile, "--evaluations", "2"]
+    argv += ["--population", "2"]
+    assert main([*argv, "--out", str(out)]) == 0  # evolution seeds first: PTQ, then Pr - Tr - PTQ
     assert "compile: InjectedFault" in capsys.readouterr().out
     [journal] = out.glob(f"*/{JOURNAL_NAME}")
     with Store(journal) as store:
         [run] = store.runs()
-        evs = {str(e.candidate.pipeline): e for e in store.evaluations(run.id)}
+        evs = {e.candidate.id: e for e in store.evaluations(run.id)}
         assert run.status == "finished" and run.stats["errors"] == {"compile": 1}
-    assert evs["Original"].ok and evs["LR"].ok
-    assert evs["Pr"].error_kind == "compile" and "export" in evs["Pr"].error
+    by_text = {str(e.candidate.pipeline): e for e in evs.values() if not e.candidate.variant}
+    assert by_text["Original"].ok and by_text["PTQ"].ok
+    assert [e.ok for e in evs.values() if e.candidate.variant] == [True]  # PTQ on OpenVINO
+    (pruned,) = [e for t, e in by_text.items() if t.startswith("Pr")]
+    assert pruned.error_kind == "compile" and "export" in pruned.error
 
 
 def test_a_met_target_stops_the_run(digits, fast_profile, tmp_path, capsys) -> None:
     out = tmp_path / "runs"
-    argv = ["tune", "--device", fast_profile, "--evaluations", "8", "--population", "2"]
+    argv = ["tune", "--suite", "digits", "--device", fast_profile, "--evaluations", "8"]
+    argv += ["--population", "2"]
     argv += ["--target-size-mb", "1000", "--target-quality-drop", "0.5", "--stagnation", "3"]
     assert main([*argv, "--out", str(out)]) == 0
     assert "target met" in capsys.readouterr().out
@@ -126,13 +132,15 @@ def test_a_met_target_stops_the_run(digits, fast_profile, tmp_path, capsys) -> N
     with Store(journal) as store:
         [run] = store.runs()
         assert run.stats["stop_reason"].startswith("target met by ")
-        assert len(store.evaluations(run.id)) == 1 + 2  # the Original and one generation
+        candidates = [e for e in store.evaluations(run.id) if not e.candidate.variant]
+        assert len(candidates) == 1 + 2  # the Original and one generation
 
 
 def test_chosen_objectives_drive_the_run(digits, fast_profile, tmp_path) -> None:
     out = tmp_path / "runs"
     names = "quality,latency_ms,throughput_ips,complexity"
-    argv = ["tune", "--device", fast_profile, "--evaluations", "2", "--population", "2"]
+    argv = ["tune", "--suite", "digits", "--device", fast_profile, "--evaluations", "2"]
+    argv += ["--population", "2"]
     assert main([*argv, "--objectives", names, "--out", str(out)]) == 0
     [journal] = out.glob(f"*/{JOURNAL_NAME}")
     with Store(journal) as store:
