@@ -88,8 +88,8 @@ def test_resume_after_kill_reevaluates_nothing(digits, fast_profile, tmp_path, c
 
     after = _rows(run_dir / JOURNAL_NAME)
     assert {k: after[k] for k in before} == before  # journaled rows untouched
-    # candidates at full fidelity (low rungs: id@f; backend variants: id.backend)
-    assert len([k for k in after if "@" not in k and "." not in k]) == 1 + 4
+    # candidates (a low rung is id@f, possibly cut there; a backend variant is id.backend)
+    assert len({k.split("@")[0] for k in after if "." not in k}) == 1 + 4
     with Store(run_dir / JOURNAL_NAME) as store:
         record = store.get_run(run_dir.name)
         assert record.status == "finished"
@@ -103,7 +103,7 @@ def test_resume_after_kill_reevaluates_nothing(digits, fast_profile, tmp_path, c
 def test_injected_faults_are_recorded_and_the_search_completes(
     digits, fast_profile, tmp_path, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setenv("PETRA_HW_FAULT", "export@Pr")
+    monkeypatch.setenv("PETRA_HW_FAULT", "export@PTQ")
     out = tmp_path / "runs"
     argv = ["tune", "--suite", "digits", "--device", fast_profile, "--evaluations", "2"]
     argv += ["--population", "2"]
@@ -112,13 +112,12 @@ def test_injected_faults_are_recorded_and_the_search_completes(
     [journal] = out.glob(f"*/{JOURNAL_NAME}")
     with Store(journal) as store:
         [run] = store.runs()
-        evs = {e.candidate.id: e for e in store.evaluations(run.id)}
-        assert run.status == "finished" and run.stats["errors"] == {"compile": 1}
-    by_text = {str(e.candidate.pipeline): e for e in evs.values() if not e.candidate.variant}
-    assert by_text["Original"].ok and by_text["PTQ"].ok
-    assert [e.ok for e in evs.values() if e.candidate.variant] == [True]  # PTQ on OpenVINO
-    (pruned,) = [e for t, e in by_text.items() if t.startswith("Pr")]
-    assert pruned.error_kind == "compile" and "export" in pruned.error
+        evs = store.evaluations(run.id)
+        assert run.status == "finished" and run.stats["errors"].get("compile", 0) >= 1
+    by_text = {str(e.candidate.pipeline): e for e in evs}
+    assert by_text["Original"].ok
+    assert by_text["PTQ"].error_kind == "compile" and "export" in by_text["PTQ"].error
+    assert not any(e.candidate.variant for e in evs)  # a failed candidate gets no variants
 
 
 def test_a_met_target_stops_the_run(digits, fast_profile, tmp_path, capsys) -> None:
