@@ -89,7 +89,8 @@ def test_resume_after_kill_reevaluates_nothing(digits, fast_profile, tmp_path, c
     after = _rows(run_dir / JOURNAL_NAME)
     assert {k: after[k] for k in before} == before  # journaled rows untouched
     # candidates (a low rung is id@f, possibly cut there; a backend variant is id.backend)
-    assert len({k.split("@")[0] for k in after if "." not in k}) == 1 + 4
+    hashes = {k.split("@")[0] for k in after}
+    assert len({h for h in hashes if "." not in h}) == 1 + 4
     with Store(run_dir / JOURNAL_NAME) as store:
         record = store.get_run(run_dir.name)
         assert record.status == "finished"
