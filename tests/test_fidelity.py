@@ -172,3 +172,22 @@ def test_a_run_keeps_low_fidelity_off_its_front_and_report_and_resumes_it(
     assert {k for k, v in after.items() if v[0] < 1} == set(low)
     assert set(after) == set(rows)  # the same promotions, hence the same full evaluations
     assert resumed.stats["sessions"][-1]["evaluated"] == len(rows) - len(low) - 1
+
+
+def test_the_early_cut_waits_for_one_epoch_of_batches_at_a_reduced_rung() -> None:
+    """At fidelity 0.34 epoch 1 saw a third of the batches: the cut is judged at epoch 3."""
+    from types import SimpleNamespace
+
+    from petra_hw.search.evaluator import CandidateCut, CutRule, _cut_callback
+
+    env = SimpleNamespace(base_losses={"default": (0.1, 2.3)})  # start, chance: threshold 1.15
+    pipeline = Pipeline.make([Step.make("Tr", epochs=3)])
+    full = _cut_callback(env, CutRule(), pipeline)
+    with pytest.raises(CandidateCut, match="after epoch 1"):
+        full(1, 1.5)
+    low = _cut_callback(env, CutRule(), pipeline, fidelity=0.34)
+    low(1, 1.5)  # a third of an epoch after pruning: too early to judge
+    low(2, 1.5)
+    with pytest.raises(CandidateCut, match="after epoch 3 .*fidelity 0.34"):
+        low(3, 1.5)
+    low(3, 1.0)  # recovered below the threshold: kept

@@ -334,18 +334,22 @@ def _losses(env: _Env, loss_name: str) -> tuple[float, float]:
 
 
 def _cut_callback(
-    env: _Env, rule: CutRule | None, pipeline: Pipeline
+    env: _Env, rule: CutRule | None, pipeline: Pipeline, fidelity: float = 1.0
 ) -> Callable[[int, float], None] | None:
+    """The early cut, judged once a step has trained on one full epoch's worth of batches: at a
+    reduced fidelity each epoch sees only a share of them, so epoch 1 of a 0.34 rung would judge
+    a pruned model after a third of the recovery the rule was set for (and cut most of them)."""
     if rule is None:
         return None
     start, chance = _losses(env, str(pipeline.setting("loss")))
     threshold = max(rule.factor * start, rule.chance_fraction * chance)
+    judged = max(1, math.ceil(1.0 / fidelity - 1e-9))
 
     def callback(epoch: int, loss: float) -> None:
-        if epoch == 1 and loss > threshold:
+        if epoch == judged and loss > threshold:
+            at = f" (one epoch of batches at fidelity {fidelity:g})" if fidelity < 1.0 else ""
             raise CandidateCut(
-                f"cut after epoch 1: monitor loss {loss:.4g} > {threshold:.4g} "
-                f"(start {start:.4g}, chance {chance:.4g})"
+                f"cut after epoch {epoch}{at}: monitor loss {loss:.4g} > {threshold:.4g} (start {start:.4g}, chance {chance:.4g})"
             )
 
     return callback
@@ -564,7 +568,7 @@ def _train(
             channel_multiple=env.profile.channel_multiple,
             seed=ctx.seed,
             cache=_prefix_cache(env, ctx, fault),
-            epoch_callback=_cut_callback(env, ctx.cut, pipeline),
+            epoch_callback=_cut_callback(env, ctx.cut, pipeline, candidate.fidelity),
             stop_on_noop=True,
             fidelity=candidate.fidelity,
         )
