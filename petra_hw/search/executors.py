@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 600.0
 LOCK_WAIT_LIMIT_S = float(os.environ.get("PETRA_HW_LOCK_WAIT_S", 6 * 3600))
 LOCK_MESSAGE = "petra-hw:lock-wait"
+RAY_METRICS_ENV = "RAY_enable_metrics_collection"
 _MACHINE_SIGNALS = {-signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT}
 
 
@@ -361,6 +362,11 @@ class RayExecutor:
 
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
+            # Ray 2.60's driver keeps its OpenTelemetry metric exporter running after
+            # ray.shutdown() (ray-project/ray#58952): a process that ran two tunes on Ray
+            # segfaulted minutes later.  petra-hw reads no Ray metrics; a user who wants them
+            # sets the variable themselves.
+            os.environ.setdefault(RAY_METRICS_ENV, "0")
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         self.context = context
         self.timeout_s = timeout_s
