@@ -838,8 +838,8 @@ class _Session:
             except _BudgetStop as stop:
                 reason = str(stop)
                 break
-            if self.guide is not None:
-                self.guide.observe(last)
+            if self.guide is not None:  # every journaled row, reduced rungs included, in the
+                self.guide.observe(self.journal.values())  # order a resume reads them back
             strategy.tell(last)
             self.generation = strategy.generation
             self.hv = strategy.hv_history[-1] if strategy.hv_history else None
