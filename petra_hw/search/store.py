@@ -382,6 +382,19 @@ class Store:
         return [Evaluation.from_json(json.loads(r["data"])) for r in rows]
 
     @_read
+    def timed_evaluations(
+        self, run_id: str, references: bool = False
+    ) -> list[tuple[float, Evaluation]]:
+        """A run's evaluations (or, with ``references``, its reference evaluations) in the order
+        they finished, each with the wall-clock time (``time.time()``) it was journaled: progress
+        over time (``petra_hw.search.timeline``)."""
+        table = "reference_evaluations" if references else "evaluations"
+        rows = self._conn.execute(
+            f"SELECT created, data FROM {table} WHERE run_id=? ORDER BY seq", (run_id,)
+        ).fetchall()
+        return [(float(r["created"]), Evaluation.from_json(json.loads(r["data"]))) for r in rows]
+
+    @_read
     def evaluated_ids(self, run_id: str) -> set[str]:
         rows = self._conn.execute(
             "SELECT candidate_id FROM evaluations WHERE run_id=?", (run_id,)

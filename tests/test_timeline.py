@@ -1,0 +1,123 @@
+"""A run's progress over wall-clock time (``petra_hw.search.timeline``) on a planted journal:
+rows written through the real ``Store``, their journal times then set to a known schedule."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from petra_hw.pipeline import Pipeline, Step
+from petra_hw.search.objectives import Objectives
+from petra_hw.search.selection import hypervolume
+from petra_hw.search.store import JOURNAL_NAME, Store
+from petra_hw.search.timeline import run_timeline
+from petra_hw.search.tune import TuneSettings
+from petra_hw.search.types import Candidate, Evaluation
+
+T0 = 1_700_000_000.0
+RUN = "digits-cpu-planted"
+PTQ = Pipeline.make([Step.make("PTQ")])
+PR = Pipeline.make([Step.make("Pr", ratio=0.5), Step.make("PTQ")])
+LR = Pipeline.make([Step.make("LR")])
+
+
+def _ev(cand: Candidate, latency: float, test: float, **kw) -> Evaluation:
+    return Evaluation(
+        cand,
+        objectives={"latency_ms": latency, "size_bytes": 1000.0 * latency},
+        quality={"val": test, "test": test},
+        fidelity=cand.fidelity,
+        **kw,
+    )
+
+
+def _ref(name: str, latency: float, test: float) -> Evaluation:
+    return _ev(Candidate(Pipeline.make(), 0, None, "reference", name), latency, test)
+
+
+ORIGINAL = _ev(Candidate(Pipeline.make(), 0, None, "original"), 1.0, 0.90)
+A = _ev(Candidate(PTQ, 1, None, "seed"), 0.5, 0.89)  # 2x the Original, not 1.5x the peer
+LOW = _ev(Candidate(LR, 1, None, "seed", fidelity=0.34), 0.1, 0.90)  # a reduced rung
+STOPPED = _ev(Candidate(LR, 1, None, "seed"), 0.1, 0.90, error="stopped", error_kind="budget")
+D = _ev(Candidate(PR, 2, PTQ.hash, "mutation"), 0.35, 0.895)  # beats 0.6 / 1.5 within 1 point
+VARIANT = _ev(Candidate(PR, 2, PR.hash, "variant", variant="openvino"), 0.38, 0.895)
+# (row, journal time relative to the run's creation)
+ROWS = [(ORIGINAL, 5.0), (A, 50.0), (LOW, 60.0), (STOPPED, 70.0), (D, 220.0), (VARIANT, 230.0)]
+REFS = [
+    (_ref("ort-x86", 0.6, 0.895), 10.0),  # the best peer within 1 point
+    (_ref("nncf-default", 0.3, 0.80), 15.0),  # faster, but loses 10 points
+    (_ref("original+tr", 0.05, 0.95), 20.0),  # the training control is no peer
+]
+REFERENCES_S = 15.0
+SESSION_2 = 200.0  # a resumed session: the pause since the last row (70 s) is not search time
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("runs") / RUN
+    with Store(folder / JOURNAL_NAME) as store:
+        settings = TuneSettings(suite="digits", device="cpu").to_json()
+        store.create_run(
+            RUN, suite="digits", profile="cpu", strategy="evolution", seed=0,
+            settings=settings, fingerprint={},
+        )  # fmt: skip
+        for ev, _ in ROWS:
+            assert store.add_evaluation(RUN, ev)
+        for ev, _ in REFS:
+            assert store.add_reference(RUN, ev)
+        store.add_screened(RUN, Candidate(LR, 2, PTQ.hash, "mutation"), "dominated")
+        store.update_stats(
+            RUN,
+            elapsed_s=260.0 + REFERENCES_S,
+            references_s=REFERENCES_S,
+            sessions=[{"started": T0, "evaluated": 3}, {"started": T0 + SESSION_2, "evaluated": 2}],
+        )
+    conn = sqlite3.connect(folder / JOURNAL_NAME)
+    with conn:
+        conn.execute("UPDATE runs SET created=?", (T0,))
+        for ev, t in ROWS:
+            conn.execute(
+                "UPDATE evaluations SET created=? WHERE candidate_id=?", (T0 + t, ev.candidate.id)
+            )
+        for ev, t in REFS:
+            conn.execute(
+                "UPDATE reference_evaluations SET created=? WHERE name=?",
+                (T0 + t, ev.candidate.reference),
+            )
+    conn.close()
+    return folder
+
+
+def test_hypervolume_over_the_budget_clock(run_dir: Path) -> None:
+    tl = run_timeline(run_dir)
+    # reduced rungs, budget stops and the Original are no points; a variant is one
+    assert [p.candidate for p in tl.hypervolume] == [
+        A.candidate.id,
+        D.candidate.id,
+        VARIANT.candidate.id,
+    ]
+    # 50 s less the references' 15 s; after the resume also less the 130 s pause (200 - 70)
+    assert [p.seconds for p in tl.hypervolume] == pytest.approx([35.0, 75.0, 85.0])
+    config = TuneSettings(suite="digits").objective_config(True, energy=True)
+    objectives = Objectives(config, ORIGINAL)
+    assert tl.hypervolume[0].hypervolume == pytest.approx(hypervolume([A], objectives))
+    assert tl.final_hypervolume == pytest.approx(hypervolume([A, D, VARIANT], objectives))
+    assert 0 < tl.hypervolume[0].hypervolume < tl.hypervolume[1].hypervolume
+    assert tl.full_evaluations == 2 and tl.screened == 1
+    assert tl.search_s == pytest.approx(260.0)
+    assert tl.to_json()["full_evaluations_per_hour"] == pytest.approx(2 * 3600 / 260.0)
+
+
+def test_time_to_beat_the_best_peer(run_dir: Path) -> None:
+    beat = run_timeline(run_dir).beat_peer
+    assert beat is not None
+    # nncf-default is faster but loses 10 points; the control is no peer
+    assert (beat.peer, beat.peer_latency_ms, beat.peer_within_points) == ("ort-x86", 0.6, True)
+    assert (beat.candidate, beat.seconds) == (D.candidate.id, pytest.approx(75.0))
+    never = run_timeline(run_dir, speedup=3.0).beat_peer
+    assert never is not None and never.seconds is None and never.candidate is None
+    # a stricter quality rule: D (0.5 points lost) no longer counts
+    strict = run_timeline(run_dir, points=0.001).beat_peer
+    assert strict is not None and strict.seconds is None
