@@ -22,6 +22,7 @@ import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
@@ -32,6 +33,9 @@ from petra_hw.backend import BaseBackend, CompileRequest
 from petra_hw.errors import UserError
 from petra_hw.onnx_export import export_onnx
 from petra_hw.profiles import DeviceProfile
+
+if TYPE_CHECKING:
+    import openvino
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +60,21 @@ INT_PRECISIONS = frozenset({"u8", "i8"})
 
 
 @functools.cache
-def cpu_capabilities() -> tuple[str, ...]:
+def core() -> openvino.Core:
+    """One OpenVINO Core for the whole process, never destroyed.  OpenVINO 2026.4's CPU plugin
+    installs its own signal alternate stack when a Core creates it and unmaps that memory when
+    the Core goes away, leaving the thread's alternate stack pointing at unmapped memory: the
+    next signal handled on it (a child's SIGCHLD with torch's DataLoader handler installed)
+    killed the process with a SIGSEGV that no handler could report.  A Core kept alive keeps
+    its stack mapped (docs/decisions.md)."""
     import openvino as ov
 
-    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return ov.Core()
+
+
+@functools.cache
+def cpu_capabilities() -> tuple[str, ...]:
+    return tuple(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def compile_config(
@@ -200,10 +215,10 @@ class OpenVinoBackend(BaseBackend):
         if profile.is_gpu:
             return "the openvino backend compiles for x86 CPUs; GPU profiles use tensorrt or onnxruntime"
         try:
-            import openvino as ov
+            import openvino  # noqa: F401  (whether it is installed)
         except ImportError:
             return "openvino is not installed"
-        if "CPU" not in ov.Core().available_devices:
+        if "CPU" not in core().available_devices:
             return "OpenVINO sees no CPU device"
         return None
 
@@ -230,7 +245,7 @@ class OpenVinoBackend(BaseBackend):
         ov.save_model(ov_model, str(request.out_dir / MODEL_FILE), compress_to_fp16=False)
         hint = inference_hint(request)
         config = compile_config(hint, request.profile.effective_threads(), settings)
-        compiled = ov.Core().compile_model(ov_model, "CPU", config)
+        compiled = core().compile_model(ov_model, "CPU", config)
         effective = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         if hint is not None and effective != hint:
             raise UserError(f"OpenVINO compiled the {request.precision} artifact at {effective}")
@@ -255,11 +270,9 @@ class OpenVinoBackend(BaseBackend):
         )
 
     def load(self, artifact: Artifact, profile: DeviceProfile | None = None) -> OvRunner:
-        import openvino as ov
-
         config = dict(artifact.manifest["openvino"]["config"])
         if profile is not None:
             config["INFERENCE_NUM_THREADS"] = profile.effective_threads()
-        core = ov.Core()
-        model = core.read_model(str(artifact.file(MODEL_FILE)), str(artifact.file(WEIGHTS_FILE)))
-        return OvRunner(core.compile_model(model, "CPU", config))
+        ov_core = core()
+        model = ov_core.read_model(str(artifact.file(MODEL_FILE)), str(artifact.file(WEIGHTS_FILE)))
+        return OvRunner(ov_core.compile_model(model, "CPU", config))

@@ -7,8 +7,8 @@ import os
 import pytest
 
 # Tests that start Ray themselves (as a caller's own cluster) get what petra-hw sets when it
-# starts Ray: no driver metrics, whose exporter outlives ray.shutdown() in Ray 2.60 and
-# segfaulted the test process minutes later (petra_hw.search.executors.RayExecutor).
+# starts Ray: no driver metrics, whose exporter outlives ray.shutdown() in Ray 2.60
+# (petra_hw.search.executors.RayExecutor).
 os.environ.setdefault("RAY_enable_metrics_collection", "0")
 
 

@@ -363,9 +363,8 @@ class RayExecutor:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             # Ray 2.60's driver keeps its OpenTelemetry metric exporter running after
-            # ray.shutdown() (ray-project/ray#58952): a process that ran two tunes on Ray
-            # segfaulted minutes later.  petra-hw reads no Ray metrics; a user who wants them
-            # sets the variable themselves.
+            # ray.shutdown() (ray-project/ray#58952): a thread every 10 s for the rest of the
+            # process.  petra-hw reads no Ray metrics; a user who wants them sets the variable.
             os.environ.setdefault(RAY_METRICS_ENV, "0")
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         self.context = context
