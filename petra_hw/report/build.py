@@ -25,7 +25,7 @@ from petra_hw.report.schema import SCHEMA_VERSION
 from petra_hw.search.budget import BUDGET
 from petra_hw.search.objectives import Objectives
 from petra_hw.search.selection import pareto_front
-from petra_hw.search.store import JOURNAL_NAME, Store
+from petra_hw.search.store import Store, run_journal
 from petra_hw.search.tune import TuneSettings
 from petra_hw.search.types import Evaluation
 from petra_hw.value import (
@@ -229,14 +229,8 @@ def _value(
 def build_run(run_dir: str | Path) -> dict[str, Any]:
     """Everything a report says about one run, read from its journal."""
     run_dir = Path(run_dir).resolve()
-    journal = run_dir / JOURNAL_NAME
-    if not journal.is_file():
-        raise UserError(f"{run_dir} is not a run folder (no {JOURNAL_NAME})")
-    with Store(journal) as store:
-        records = store.runs()
-        if not records:
-            raise UserError(f"{journal} holds no run")
-        record = records[-1]
+    with Store(run_journal(run_dir)) as store:
+        record = store.last_run()
         # full-fidelity rows only: a reduced rung of multi-fidelity search or a candidate the
         # time budget stopped is no result (the run's stats count them)
         evaluations = [

@@ -32,6 +32,15 @@ SCHEMA_VERSION = 4  # 2: the references table; 3: evaluations.fidelity; 4: evalu
 T = TypeVar("T")
 JOURNAL_NAME = "journal.sqlite"
 
+
+def run_journal(run_dir: str | Path) -> Path:
+    """The journal of a run folder, or one clear error when ``run_dir`` is not one."""
+    journal = Path(run_dir) / JOURNAL_NAME
+    if not journal.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no {JOURNAL_NAME})")
+    return journal
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -289,6 +298,13 @@ class Store:
     def runs(self) -> list[RunRecord]:
         rows = self._conn.execute("SELECT * FROM runs ORDER BY created").fetchall()
         return [self._run(r) for r in rows]
+
+    def last_run(self) -> RunRecord:
+        """The folder's latest run: the one its report and timeline describe."""
+        runs = self.runs()
+        if not runs:
+            raise UserError(f"{self.path} holds no run")
+        return runs[-1]
 
     @_read
     def get_run(self, run_id: str) -> RunRecord:

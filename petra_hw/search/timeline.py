@@ -28,7 +28,7 @@ from petra_hw.errors import UserError
 from petra_hw.search.budget import BUDGET
 from petra_hw.search.objectives import Objectives
 from petra_hw.search.selection import hypervolume, pareto_front
-from petra_hw.search.store import JOURNAL_NAME, RunRecord, Store
+from petra_hw.search.store import RunRecord, Store, run_journal
 from petra_hw.search.tune import TuneSettings
 from petra_hw.search.types import Evaluation
 from petra_hw.value import peers
@@ -174,14 +174,8 @@ def run_timeline(
     """The progress of the run in ``run_dir`` over its search time (its last run, as reports)."""
     from petra_hw.suite import load_suite
 
-    journal = Path(run_dir) / JOURNAL_NAME
-    if not journal.is_file():
-        raise UserError(f"{run_dir} is not a run folder (no {JOURNAL_NAME})")
-    with Store(journal) as store:
-        runs = store.runs()
-        if not runs:
-            raise UserError(f"{journal} holds no run")
-        record = runs[-1]
+    with Store(run_journal(run_dir)) as store:
+        record = store.last_run()
         rows = store.timed_evaluations(record.id)
         ref_rows = store.timed_evaluations(record.id, references=True)
         screened = len(store.screened(record.id))
