@@ -59,7 +59,7 @@ def test_tune_runs_a_plugin_end_to_end(digits, tmp_path, capsys) -> None:
     space.write_text(json.dumps({"kinds": ["Soft", "LR"], "max_len": 2}))
     out = tmp_path / "runs"
     argv = ["tune", "--suite", "digits", "--device", str(profile), "--evaluations", "2",
-            "--population", "2",
+            "--population", "2", "--no-references",
             "--strategy", "one-step-first", "--plugin", str(PLUGIN), "--space", str(space),
             "--out", str(out)]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err

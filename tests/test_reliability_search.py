@@ -96,7 +96,7 @@ def test_waiting_for_the_machine_lock_does_not_count_towards_the_timeout(
     (tmp_path / "fast.toml").write_text(FAST.read_text())
     torch.save(digits.model.state_dict(), tmp_path / "baseline.pt")
     context = EvalContext("digits", str(tmp_path / "fast.toml"), tmp_path, tmp_path / "baseline.pt")
-    timeout, held = 40.0, 60.0
+    timeout, held = 20.0, 30.0
     with LocalExecutor(context, workers=1, timeout_s=timeout) as executor:
         started = time.monotonic()
         results = executor.submit([Candidate(Pipeline.make())])

@@ -60,7 +60,7 @@ def test_bad_input_exits_2(argv, tmp_path, capsys) -> None:
 def test_resume_after_kill_reevaluates_nothing(digits, fast_profile, tmp_path, capsys) -> None:
     out = tmp_path / "runs"
     argv = ["tune", "--suite", "digits", "--device", fast_profile, "--evaluations", "4"]
-    argv += ["--population", "2", "--out", str(out)]
+    argv += ["--population", "2", "--no-references", "--out", str(out)]
     cmd = [sys.executable, "-m", "petra_hw.cli", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -107,7 +107,7 @@ def test_injected_faults_are_recorded_and_the_search_completes(
     monkeypatch.setenv("PETRA_HW_FAULT", "export@PTQ")
     out = tmp_path / "runs"
     argv = ["tune", "--suite", "digits", "--device", fast_profile, "--evaluations", "2"]
-    argv += ["--population", "2"]
+    argv += ["--population", "2", "--no-references"]
     assert main([*argv, "--out", str(out)]) == 0  # evolution seeds first: PTQ, then Pr - Tr - PTQ
     assert "compile: InjectedFault" in capsys.readouterr().out
     [journal] = out.glob(f"*/{JOURNAL_NAME}")
@@ -124,7 +124,7 @@ def test_injected_faults_are_recorded_and_the_search_completes(
 def test_a_met_target_stops_the_run(digits, fast_profile, tmp_path, capsys) -> None:
     out = tmp_path / "runs"
     argv = ["tune", "--suite", "digits", "--device", fast_profile, "--evaluations", "8"]
-    argv += ["--population", "2"]
+    argv += ["--population", "2", "--no-references", "--no-variants"]
     argv += ["--target-size-mb", "1000", "--target-quality-drop", "0.5", "--stagnation", "3"]
     assert main([*argv, "--out", str(out)]) == 0
     assert "target met" in capsys.readouterr().out
@@ -142,7 +142,7 @@ def test_chosen_objectives_drive_the_run(digits, fast_profile, tmp_path) -> None
     out = tmp_path / "runs"
     names = "quality,latency_ms,throughput_ips,complexity"
     argv = ["tune", "--suite", "digits", "--device", fast_profile, "--evaluations", "2"]
-    argv += ["--population", "2"]
+    argv += ["--population", "2", "--no-references", "--no-variants"]
     assert main([*argv, "--objectives", names, "--out", str(out)]) == 0
     [journal] = out.glob(f"*/{JOURNAL_NAME}")
     with Store(journal) as store:
