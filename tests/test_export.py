@@ -33,7 +33,12 @@ def tiny(digits, tmp_path_factory):
     root = tmp_path_factory.mktemp("export-run")
     (root / "fast.toml").write_text(FAST_PROFILE)
     settings = TuneSettings(
-        suite="digits", device=str(root / "fast.toml"), seed=0, evaluations=3, population=2
+        suite="digits",
+        device=str(root / "fast.toml"),
+        seed=0,
+        evaluations=3,
+        population=2,
+        references=False,  # exported folders come from the front; references are report rows
     )
     return tune(settings, root / "runs")
 

@@ -127,6 +127,7 @@ def test_a_run_keeps_low_fidelity_off_its_front_and_report_and_resumes_it(
         evaluations=3,
         population=3,
         references=False,
+        variants=False,  # promotion and its resume are the point here, not backend variants
         space={"kinds": ["Tr", "PTQ"], "max_len": 2},
         fidelity_rungs=(0.34,),
     )

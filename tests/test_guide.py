@@ -172,7 +172,12 @@ def test_resume_restores_the_cost_model_training_set(digits, tmp_path) -> None:
     from petra_hw.search.tune import TuneSettings, resume, tune
 
     settings = TuneSettings(
-        suite="digits", device=str(FAST_PROFILE), evaluations=3, population=2, references=False
+        suite="digits",
+        device=str(FAST_PROFILE),
+        evaluations=3,
+        population=2,
+        references=False,
+        variants=False,  # variants are points, never training rows of the cost model
     )
     first = tune(settings, tmp_path)
     cm = first.stats["cost_model"]

@@ -19,15 +19,16 @@ from petra_hw.training import train
 log = logging.getLogger(__name__)
 
 
-def fit(model: nn.Module, epochs: int, ctx: StepContext) -> nn.Module:
-    """Train ``model`` in place on the train split as every training step of a pipeline does."""
+def fit(model: nn.Module, epochs: int, ctx: StepContext, lr_share: float = 1.0) -> nn.Module:
+    """Train ``model`` in place on the train split as every training step of a pipeline does;
+    ``lr_share`` scales the pipeline's learning rate (QAT trains at a small share of it)."""
     result = train(
         model,
         ctx.splits.train,
         epochs=epochs,
         batch_size=ctx.suite.train.batch_size,
         optimizer=ctx.optimizer,
-        lr=ctx.lr,
+        lr=ctx.lr * lr_share,
         weight_decay=ctx.suite.train.weight_decay,
         loss=ctx.loss,
         default_loss=ctx.suite.default_loss,
