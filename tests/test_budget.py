@@ -87,7 +87,8 @@ def test_a_tune_ends_within_its_budget_and_a_stopped_candidate_is_retried(
         fidelity_rungs=(),
     )
     result = tune(settings, tmp_path)
-    spent = result.stats["elapsed_s"] - result.stats["references_s"]
+    stats = result.stats
+    spent = stats["elapsed_s"] - stats["references_s"] - stats["original_s"]
     assert spent <= 1.1 * budget
     assert result.stop_reason.startswith("time budget spent")
     assert result.stats["budget_stops"]["stopped"] >= 1
@@ -97,3 +98,29 @@ def test_a_tune_ends_within_its_budget_and_a_stopped_candidate_is_retried(
         assert stopped
         again = dataclasses.replace(stopped[0], error=None, error_kind=None)
         assert store.add_evaluation(result.run_id, again)  # a resume's retry replaces it
+
+
+def test_the_budget_does_not_charge_the_original(digits, tmp_path, monkeypatch) -> None:
+    """An Original whose evaluation takes longer than the whole budget still leaves the budget to
+    the candidates: its time is set apart (``original_s``), like the references'."""
+    from petra_hw.search.tune import TuneSettings, tune
+
+    slow = FAST_PROFILE.replace("min_time_s = 0.05", "min_time_s = 3.0")  # >= 9 s to time it
+    slow = slow.replace("max_time_s = 1.0", "max_time_s = 6.0")
+    (tmp_path / "slow.toml").write_text(slow)
+    monkeypatch.setenv("PETRA_HW_FAULT", "timeout")  # every candidate hangs until stopped
+    budget = 5.0
+    settings = TuneSettings(
+        suite="digits",
+        device=str(tmp_path / "slow.toml"),
+        budget_s=budget,
+        population=2,
+        references=False,
+        fidelity_rungs=(),
+        remeasure=False,
+    )
+    result = tune(settings, tmp_path / "runs")
+    stats = result.stats
+    assert stats["original_s"] > budget
+    assert stats["budget_stops"].get("stopped", 0) >= 1  # started, then stopped at the bound
+    assert stats["elapsed_s"] - stats["references_s"] - stats["original_s"] <= budget + 5.0

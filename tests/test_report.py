@@ -84,7 +84,7 @@ def _pct(cell: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def test_markdown_table_is_original_plus_front_with_journal_values(paths, tiny) -> None:
+def test_markdown_table_is_original_plus_front_with_journal_values(paths, document, tiny) -> None:
     md = paths["markdown"].read_text()
     header = md.split("## digits", 1)[1].strip().splitlines()[0]
     assert header.startswith(
@@ -122,6 +122,11 @@ def test_markdown_table_is_original_plus_front_with_journal_values(paths, tiny) 
                 assert abs(_pct(cell) - (value - ref) / ref * 100) <= 0.051, (cell, value, ref)
         assert row[5] == f"{ev.backend} {ev.precision}"
     assert "cpu-fast" in md and "quality: test accuracy" in md
+    # the wall time's parts: the Original's evaluation and the references are off the budget
+    stats = document["runs"][0]["stats"]
+    search = stats["elapsed_s"] - stats["original_s"] - stats["references_s"]
+    assert stats["original_s"] > 0
+    assert f"search {search:.0f} s on the budget; the Original {stats['original_s']:.0f} s" in md
 
 
 class _Links(HTMLParser):

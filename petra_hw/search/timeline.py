@@ -6,9 +6,10 @@ run first hold an artifact that clearly beats the device's best one-shot peer", 
 benchmark at equal wall-clock time (``suites/test_bench_search.py``) and for any report.
 
 *The clock* is the one the time budget counts (``TuneSettings.budget_s``): wall time since the
-run was created, less the references' time (built after the Original, reported apart and never
-charged to the budget) and less the pause between the sessions of a resumed run (from the last
-row the previous session journaled to the next session's start).
+run was created, less the Original's evaluation and the references' time (built after the
+Original; both reported apart and never charged to the budget) and less the pause between the
+sessions of a resumed run (from the last row the previous session journaled to the next
+session's start).
 
 *The hypervolume* after each full-fidelity evaluation is the one the strategies record
 (``selection.hypervolume`` of the Pareto front of the evaluations told so far, the Original
@@ -109,9 +110,10 @@ def within_points(ev: Evaluation, original: Evaluation, higher: bool, points: fl
 
 
 def _clock(
-    record: RunRecord, times: list[float], ref_times: list[float]
+    record: RunRecord, times: list[float], ref_times: list[float], original_time: float
 ) -> Callable[[float], float]:
-    """Wall-clock time -> seconds on the budget's clock (see the module's docstring)."""
+    """Wall-clock time -> seconds on the budget's clock (see the module's docstring);
+    ``original_time``: when the Original's row was journaled."""
     rows = sorted(times + ref_times)
     gaps = []  # (session start, pause before it)
     for session in record.stats.get("sessions", [])[1:]:
@@ -120,9 +122,11 @@ def _clock(
         gaps.append((start, max(0.0, start - last)))
     references_end = max(ref_times, default=math.inf)
     references_s = float(record.stats.get("references_s", 0.0))
+    original_s = float(record.stats.get("original_s", 0.0))
 
     def seconds(t: float) -> float:
         s = t - record.created - sum(g for start, g in gaps if t >= start)
+        s -= original_s if t > original_time else 0.0
         return s - (references_s if t > references_end else 0.0)
 
     return seconds
@@ -179,7 +183,8 @@ def run_timeline(
         rows = store.timed_evaluations(record.id)
         ref_rows = store.timed_evaluations(record.id, references=True)
         screened = len(store.screened(record.id))
-    seconds = _clock(record, [t for t, _ in rows], [t for t, _ in ref_rows])
+    original_time = next((t for t, e in rows if not e.candidate.pipeline.steps), math.inf)
+    seconds = _clock(record, [t for t, _ in rows], [t for t, _ in ref_rows], original_time)
     # full-fidelity rows only: a reduced rung or a candidate the budget stopped is no result
     full = [(seconds(t), e) for t, e in rows if e.full_fidelity and e.error_kind != BUDGET]
     original = next((e for _, e in full if not e.candidate.pipeline.steps), None)
@@ -195,7 +200,9 @@ def run_timeline(
         front = pareto_front([*front, e], objectives)
         curve.append(TimePoint(s, e.candidate.id, hypervolume(front, objectives)))
     stats = record.stats
-    search_s = float(stats.get("elapsed_s", 0.0)) - float(stats.get("references_s", 0.0))
+    search_s = float(stats.get("elapsed_s", 0.0)) - sum(
+        float(stats.get(k, 0.0)) for k in ("references_s", "original_s")
+    )
     return Timeline(
         run_id=record.id,
         search_s=search_s,

@@ -428,6 +428,7 @@ class _Session:
         )
         self.prior_elapsed = float(record.stats.get("elapsed_s", 0.0))
         self.references_s = float(record.stats.get("references_s", 0.0))
+        self.original_s = float(record.stats.get("original_s", 0.0))
         self.references = {e.candidate.reference: e for e in self.store.references(self.run_id)}
         self.sessions = list(record.stats.get("sessions", []))
         self.journal = {
@@ -454,8 +455,10 @@ class _Session:
         return self.prior_elapsed + time.monotonic() - self.started
 
     def search_elapsed(self) -> float:
-        """What the time budget counts: the run's wall time less the references'."""
-        return self.elapsed() - self.references_s
+        """What the time budget counts: the run's wall time less the Original's evaluation and
+        the references' (set apart: every strategy spends them alike, and on a large model the
+        Original alone can take longer than the budget)."""
+        return self.elapsed() - self.references_s - self.original_s
 
     def _stats(self) -> dict[str, Any]:
         evs = [e for e in self.journal.values() if e.candidate.pipeline.steps]
@@ -468,6 +471,7 @@ class _Session:
         return {
             "elapsed_s": self.elapsed(),
             "references_s": self.references_s,
+            "original_s": self.original_s,
             "evaluations": len(self.journal),
             "errors": errors,
             "fidelity": fidelity_stats(self.journal.values()),
@@ -783,7 +787,12 @@ class _Session:
 
         s = self.settings
         original = Candidate(ORIGINAL, 0, None, "original")
+        done = self.journal.get(original.id)
+        t = time.monotonic()
         self.original = self._evaluate(executor, [original])[0]
+        if done is None:  # a resumed run read it from the journal: no time spent now
+            self.original_s += time.monotonic() - t
+            self.store.update_stats(self.run_id, **self._stats())
         if not self.original.ok:
             raise UserError(
                 f"the Original (uncompressed) model failed on {profile.name}: "
