@@ -12,7 +12,7 @@ from petra_hw.pipeline import Pipeline, Step
 from petra_hw.search.objectives import Objectives
 from petra_hw.search.selection import hypervolume
 from petra_hw.search.store import JOURNAL_NAME, Store
-from petra_hw.search.timeline import run_timeline
+from petra_hw.search.timeline import _final_peer, run_timeline
 from petra_hw.search.tune import TuneSettings
 from petra_hw.search.types import Candidate, Evaluation
 
@@ -53,6 +53,21 @@ REFS = [
 REFERENCES_S = 15.0
 ORIGINAL_S = 4.0  # the Original's evaluation (journaled at 5 s): set apart like the references
 SESSION_2 = 200.0  # a resumed session: the pause since the last row (70 s) is not search time
+# The final interleaved re-measurement: D's 1.7x over ort-x86 (journaled, minutes apart) shrinks
+# to 1.1x when both are timed round-robin; A is now the fastest member within a point
+FINAL = {
+    "rounds": 5,
+    "front": {
+        A.candidate.id: {"latency_ms": 0.45},
+        D.candidate.id: {"latency_ms": 0.50},
+        VARIANT.candidate.id: {"latency_ms": 0.52},
+    },
+    "references": {
+        REFS[0][0].candidate.id: {"reference": "ort-x86", "latency_ms": 0.55},
+        REFS[1][0].candidate.id: {"reference": "nncf-default", "latency_ms": 0.20},
+        REFS[2][0].candidate.id: {"reference": "original+tr", "latency_ms": 0.05},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +90,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             references_s=REFERENCES_S,
             original_s=ORIGINAL_S,
             sessions=[{"started": T0, "evaluated": 3}, {"started": T0 + SESSION_2, "evaluated": 2}],
+            remeasured_final=FINAL,
         )
     conn = sqlite3.connect(folder / JOURNAL_NAME)
     with conn:
@@ -124,3 +140,23 @@ def test_time_to_beat_the_best_peer(run_dir: Path) -> None:
     # a stricter quality rule: D (0.5 points lost) no longer counts
     strict = run_timeline(run_dir, points=0.001).beat_peer
     assert strict is not None and strict.seconds is None
+    # the closest any candidate came, on journaled figures: D's 0.6 / 0.35
+    assert beat.best_speedup == pytest.approx(0.6 / 0.35)
+
+
+def test_the_final_ratio_uses_the_interleaved_figures(run_dir: Path) -> None:
+    final = run_timeline(run_dir).final_peer
+    # the same rules (nncf-default loses 10 points, the control is no peer), re-measured figures
+    assert (final.peer, final.peer_latency_ms) == ("ort-x86", 0.55)
+    assert (final.candidate, final.latency_ms) == (A.candidate.id, 0.45)
+    assert final.speedup == pytest.approx(0.55 / 0.45)
+    assert run_timeline(run_dir).to_json()["final_peer"]["speedup"] == final.speedup
+    strict = run_timeline(run_dir, points=0.001).final_peer  # no member keeps the rule
+    assert strict.speedup is None and "within 0.001 points" in strict.note
+
+
+def test_no_final_ratio_without_the_re_measurement() -> None:
+    for record in (None, {"skipped": "the run was made with --no-remeasure"}, {"error": "boom"}):
+        final = _final_peer(record, [A, D], [r for r, _ in REFS], ORIGINAL, True, 0.01)
+        assert final.speedup is None and final.peer is None
+        assert final.note.startswith("no final interleaved re-measurement")
