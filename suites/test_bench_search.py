@@ -36,8 +36,14 @@ EVALUATIONS = int(os.environ.get("PETRA_BENCH_EVALUATIONS", "16"))
 CACHE_KEY = f"petra_hw/search_hv/{SUITE}/{EVALUATIONS}"
 
 
+def _cache(config: pytest.Config) -> Any:
+    """pytest's cache, None when it is off (``-p no:cacheprovider`` removes the attribute)."""
+    return getattr(config, "cache", None)
+
+
 def _final_hv(config: pytest.Config) -> dict[str, float]:
-    return dict(config.cache.get(CACHE_KEY, {})) if config.cache is not None else {}
+    cache = _cache(config)
+    return dict(cache.get(CACHE_KEY, {})) if cache is not None else {}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -67,8 +73,8 @@ def test_hypervolume_per_strategy(
     n = len(children) or None  # NSGA-II and random candidates have no parent: no figure, not 0 s
     spent = sum(e.timings_s.get("total_s", 0.0) for e in children)
     saved = sum(e.timings_s.get("cache_saved_s", 0.0) for e in children)
-    if request.config.cache is not None:
-        request.config.cache.set(
+    if _cache(request.config) is not None:
+        _cache(request.config).set(
             CACHE_KEY, {**_final_hv(request.config), f"{strategy}-{seed}": final}
         )
     benchmark.extra_info.update(
