@@ -357,6 +357,15 @@ def _wall_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             ],
             "cost_model": [r["cost_model"] for r in records],
         }
+    # evolution's mean final HV over each arm with all seeds measured: the ablation's ratio has
+    # no target (issue 20 keeps it so the reader sees which part helps), so it is recorded here
+    arms = out["arms"]
+    if len(arms.get("evolution", {}).get("seeds", [])) == len(SEEDS):
+        out["evolution_over"] = {
+            arm: arms["evolution"]["mean_final_hypervolume"] / a["mean_final_hypervolume"]
+            for arm, a in arms.items()
+            if arm != "evolution" and len(a["seeds"]) == len(SEEDS) and a["mean_final_hypervolume"]
+        }
     (OUT / f"search-wallclock-{WALL_SUITE}-summary.json").write_text(
         json.dumps(out, indent=1) + "\n"
     )
