@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,17 @@ def cpu_profile():
     from petra_hw.profiles import load_profile
 
     return load_profile("cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(digits, tmp_path_factory):
+    """A finished run on digits (the Original and 3 candidates, population 2, references on),
+    shared by the report and export tests: tuning it twice cost ~20 s of the default run."""
+    from petra_hw.search.tune import TuneSettings, tune
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    (root / "fast.toml").write_text((Path(__file__).parent / "data" / "cpu-fast.toml").read_text())
+    settings = TuneSettings(
+        suite="digits", device=str(root / "fast.toml"), seed=0, evaluations=3, population=2
+    )
+    return tune(settings, root / "runs")

@@ -7,13 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from petra_hw.cli import main
-
-FAST_PROFILE = (Path(__file__).parent / "data" / "cpu-fast.toml").read_text()
 
 LOAD = """
 import sys
@@ -27,20 +24,9 @@ print(y.shape)
 
 
 @pytest.fixture(scope="module")
-def tiny(digits, tmp_path_factory):
-    from petra_hw.search.tune import TuneSettings, tune
-
-    root = tmp_path_factory.mktemp("export-run")
-    (root / "fast.toml").write_text(FAST_PROFILE)
-    settings = TuneSettings(
-        suite="digits",
-        device=str(root / "fast.toml"),
-        seed=0,
-        evaluations=3,
-        population=2,
-        references=False,  # exported folders come from the front; references are report rows
-    )
-    return tune(settings, root / "runs")
+def tiny(tiny_run):
+    """The run the report tests use too (``conftest.tiny_run``); export takes its front only."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -8,26 +8,16 @@ import json
 import re
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
 from petra_hw.cli import main
 
-FAST_PROFILE = (Path(__file__).parent / "data" / "cpu-fast.toml").read_text()
-
 
 @pytest.fixture(scope="module")
-def tiny(digits, tmp_path_factory):
-    """A finished run: the Original and 3 candidates, population 2."""
-    from petra_hw.search.tune import TuneSettings, tune
-
-    root = tmp_path_factory.mktemp("report-run")
-    (root / "fast.toml").write_text(FAST_PROFILE)
-    settings = TuneSettings(
-        suite="digits", device=str(root / "fast.toml"), seed=0, evaluations=3, population=2
-    )
-    return tune(settings, root / "runs")
+def tiny(tiny_run):
+    """A finished run: the Original and 3 candidates, population 2 (``conftest.tiny_run``)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
