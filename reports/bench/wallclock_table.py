@@ -61,6 +61,9 @@ def main(suite: str = "cifar10-resnet20") -> None:
         if hv:
             means[arm] = sum(hv) / len(hv)
             print(f"# {arm}: {len(hv)} seed(s), mean final hypervolume {means[arm]:.4f}")
+    if not means:
+        print(f"no search-wallclock-{suite}-<arm>-<seed>.json records in {HERE}", file=sys.stderr)
+        sys.exit(2)
     for arm, mean in means.items():
         if arm != "evolution" and "evolution" in means and mean:
             print(f"# evolution / {arm}: {means['evolution'] / mean:.2f}x")
