@@ -105,6 +105,14 @@ def test_profile_values_are_checked_before_any_work(tmp_path, capsys, old, new, 
     assert time.monotonic() - started < 10  # refused at load time, not after compiling
 
 
+def test_resume_of_a_missing_run_names_each_place_looked_once(tmp_path, capsys):
+    missing = tmp_path / "nothere"
+    line = one_line(["tune", "--resume", str(missing), "--out", str(tmp_path)], capsys)
+    assert line.count(str(missing)) == 2 and "neither" not in line  # the run's name, the path
+    line = one_line(["tune", "--resume", "run-x", "--out", str(tmp_path)], capsys)
+    assert f"neither run-x nor {tmp_path / 'run-x'} holds a journal.sqlite" in line
+
+
 @pytest.mark.parametrize("text", ["Pr(ratio=nan)", "Pr(ratio=inf)", "Tr(epochs=1e400)"])
 def test_non_finite_step_values_are_refused(tmp_path, capsys, text):
     line = one_line(["compile", "--suite", "digits", "--pipeline", text, "--device", str(FAST),

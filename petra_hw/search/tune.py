@@ -312,10 +312,14 @@ def _new_run_dir(base: Path, stem: str) -> Path:
 
 def find_run(run: str, out: Path) -> Path:
     """A run folder by path, or by id under ``out``."""
-    for path in (Path(run), out / run):
+    tried = list(dict.fromkeys((Path(run), out / run)))  # one, for an absolute path
+    for path in tried:
         if (path / JOURNAL_NAME).is_file():
             return path.resolve()
-    raise UserError(f"no run '{run}': neither {run} nor {out / run} holds a {JOURNAL_NAME}")
+    where = " nor ".join(str(p) for p in tried)
+    raise UserError(
+        f"no run '{run}': {'neither ' if len(tried) > 1 else ''}{where} holds a {JOURNAL_NAME}"
+    )
 
 
 def tune(
